@@ -1,0 +1,1 @@
+"""workflow-canceller: cancels DialNexa workflows named by CRM events."""

@@ -1,0 +1,163 @@
+"""Settings: one object read from `CANCELLER_*` environment variables (and a `.env` file).
+
+Durations carry a unit suffix (`_s`). Secrets are `SecretStr` from end to end: the API key and the
+broker URL (it holds the broker password) are only unwrapped where they are used.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyUrl,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CANCELLER_"
+
+AmqpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["amqp", "amqps"], host_required=True)]
+HttpUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["http", "https"], host_required=True)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+_AMQP_URL: TypeAdapter[AnyUrl] = TypeAdapter(AmqpUrl)
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told. Names map to `CANCELLER_<FIELD>` in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- contract section 6 -------------------------------------------------------------------
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    dialnexa_base_url: HttpUrl = AnyUrl("https://api.dialnexa.com/v1")
+    dialnexa_api_key: SecretStr
+    http_port: int = Field(default=8080, ge=1, le=65_535)
+    http_host: str = "0.0.0.0"  # noqa: S104  # the probes and Prometheus reach the pod from outside
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 30.0, 120.0, 600.0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # --- capacity -----------------------------------------------------------------------------
+    # At most this many DialNexa requests in flight per process; also the prefetch of each queue.
+    concurrency: int = Field(default=16, ge=1, le=1_000)
+    max_body_bytes: int = Field(default=512 * 1024, ge=1_024, le=64 * 1024 * 1024)
+
+    # --- DialNexa calls -----------------------------------------------------------------------
+    http_connect_timeout_s: PositiveSeconds = 5.0
+    http_read_timeout_s: PositiveSeconds = 15.0
+    # Quick in-process retries of one call before the message goes back through the broker.
+    call_attempts: int = Field(default=3, ge=1, le=20)
+    call_retry_budget_s: PositiveSeconds = 30.0
+    call_backoff_initial_s: PositiveSeconds = 0.2
+    call_backoff_max_s: PositiveSeconds = 5.0
+    # A 429 whose Retry-After is longer than this is retried through the broker instead.
+    max_retry_after_wait_s: float = Field(default=30.0, ge=0, le=3_600)
+    # The workflow id read to check whether a rejected API key works again (404 means it does).
+    auth_probe_workflow_id: str = Field(
+        default="wf_canceller_auth_probe", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+    )
+    auth_probe_initial_s: PositiveSeconds = 1.0
+    auth_probe_max_s: PositiveSeconds = 60.0
+
+    # --- broker -------------------------------------------------------------------------------
+    publish_timeout_s: PositiveSeconds = 10.0
+    reconnect_initial_s: PositiveSeconds = 0.5
+    reconnect_max_s: PositiveSeconds = 30.0
+    drain_timeout_s: PositiveSeconds = 20.0
+    # Quorum-queue delivery limit: a message redelivered this often (crash loops) is dead-lettered
+    # to the DLQ by the broker, never dropped.
+    delivery_limit: int = Field(default=50, ge=1, le=10_000)
+
+    # --- names (contract section 2) ------------------------------------------------------------
+    input_exchange: str = "crm.events"
+    campaign_queue: str = "workflow-canceller.campaign-ended"
+    campaign_routing_key: str = "campaign-ended"
+    complaint_queue: str = "workflow-canceller.complaint-received"
+    complaint_routing_key: str = "complaint-received"
+    output_exchange: str = "workflow.events"
+    output_routing_key: str = "workflow-cancelled"
+    dead_letter_queue: str = "workflow-canceller.dlq"
+    dead_letter_exchange: str = "workflow-canceller.dead-letter"
+    requeue_exchange: str = "workflow-canceller.requeue"
+    delay_queue_prefix: str = "workflow-canceller.delay"
+    event_source: str = "urn:workflow-canceller"
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        """Accept `1,5,30` (the documented form) as well as a sequence."""
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            return tuple(p for p in parts if p)
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _check_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        """Each delay is between 0.1 s and one day; at most 20 of them."""
+        if len(value) > 20:
+            raise ValueError("at most 20 delays")
+        for delay in value:
+            if not 0.1 <= delay <= 86_400:
+                raise ValueError(f"each delay must be between 0.1 and 86400 seconds, got {delay:g}")
+        return value
+
+    @field_validator("dialnexa_api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        """The key is `key_id:secret`; say so without echoing it."""
+        key_id, sep, secret = value.get_secret_value().partition(":")
+        if not (key_id and sep and secret) or any(c.isspace() for c in value.get_secret_value()):
+            raise ValueError("must be of the form key_id:secret (value not shown)")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
+        """The broker URL must be amqp:// or amqps:// with a host (value not shown: it holds a password)."""
+        try:
+            _AMQP_URL.validate_python(value.get_secret_value())
+        except ValidationError:
+            raise ValueError("must be an amqp:// or amqps:// URL with a host (value not shown)") from None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        """Accept `debug` as well as `DEBUG`."""
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def input_queues(self) -> dict[str, str]:
+        """Input queue name -> the routing key it is bound with."""
+        return {
+            self.campaign_queue: self.campaign_routing_key,
+            self.complaint_queue: self.complaint_routing_key,
+        }
+
+    def delay_queue_name(self, delay_s: float) -> str:
+        """The delay queue that holds messages for *delay_s* seconds."""
+        return f"{self.delay_queue_prefix}.{round(delay_s * 1000)}ms"
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem, naming the environment variable; input values are never echoed."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "required but not set"
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+    return lines

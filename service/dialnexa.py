@@ -1,0 +1,239 @@
+"""A thin typed client for the DialNexa calls this service makes.
+
+Every answer becomes either a `CancelResult` or one exception of this tree:
+
+    DialNexaError
+    ├── TransportError        timeouts, refused or dropped connections: retryable
+    └── StatusError           an HTTP answer we cannot use as success (has status_code)
+        ├── RateLimitedError  429: retryable no sooner than `retry_after_s`
+        ├── ServerError       500, 502, 503, 504: retryable
+        ├── AuthError         401, 403: our credentials, not the message's fault
+        └── RejectedError     any other status (400, 422, other 4xx, 501, 3xx): permanent
+
+404 on cancel is not an error: it is the final outcome `not_found`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from pydantic import SecretStr
+
+from .metrics import Metrics
+
+CancelOutcome = Literal["cancelled", "already_terminal", "not_found"]
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+# A reset value above this is a Unix time, below it a number of seconds (about 11 days).
+_EPOCH_THRESHOLD_S = 1_000_000.0
+
+
+class DialNexaError(Exception):
+    """Base of every error the client raises."""
+
+
+class TransportError(DialNexaError):
+    """No usable HTTP answer: timeout, refused or dropped connection, unreadable response."""
+
+
+class StatusError(DialNexaError):
+    """DialNexa answered with a status we cannot treat as success."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+class RateLimitedError(StatusError):
+    """429: wait at least `retry_after_s` (when given) before the next call."""
+
+    def __init__(self, status_code: int, message: str, retry_after_s: float | None) -> None:
+        super().__init__(status_code, message)
+        self.retry_after_s = retry_after_s
+
+
+class ServerError(StatusError):
+    """500, 502, 503, 504: DialNexa had a transient problem."""
+
+
+class AuthError(StatusError):
+    """401 or 403: the API key is missing, wrong, revoked or lacks permission."""
+
+
+class RejectedError(StatusError):
+    """Any other status: retrying the same request will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """What the X-RateLimit-* headers of one answer said (None where absent or unreadable)."""
+
+    limit: int | None
+    remaining: int | None
+    reset_after_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    workflow_id: str
+    outcome: CancelOutcome
+    status: str | None = None
+
+
+def parse_reset(value: str | None, now: float) -> float | None:
+    """X-RateLimit-Reset as seconds from now: documented as a Unix time, observed as seconds."""
+    number = _number(value)
+    if number is None:
+        return None
+    if number > _EPOCH_THRESHOLD_S:
+        return max(0.0, number - now)
+    return max(0.0, number)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: either delay-seconds or an HTTP date."""
+    if value is None:
+        return None
+    number = _number(value)
+    if number is not None:
+        return max(0.0, number)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def parse_rate_limit(headers: httpx.Headers, now: float) -> RateLimit:
+    """The rate-limit headers of one answer."""
+    limit = _number(headers.get("x-ratelimit-limit"))
+    remaining = _number(headers.get("x-ratelimit-remaining"))
+    return RateLimit(
+        limit=int(limit) if limit is not None else None,
+        remaining=int(remaining) if remaining is not None else None,
+        reset_after_s=parse_reset(headers.get("x-ratelimit-reset"), now),
+    )
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def unwrap(body: dict[str, Any]) -> dict[str, Any]:
+    """The workflow object of a success body, bare or wrapped as {statusCode, message, data}."""
+    data = body.get("data")
+    if isinstance(data, dict) and ("statusCode" in body or "message" in body):
+        return data
+    return body
+
+
+def error_message(response: httpx.Response) -> str:
+    """A short text from an error body: `message` (a string or a list of them) or the reason."""
+    message = _json(response).get("message")
+    if isinstance(message, list):
+        message = "; ".join(str(m) for m in message)
+    text = str(message) if message else response.reason_phrase or "no message"
+    return text[:200]
+
+
+def status_error(response: httpx.Response, now: float) -> StatusError:
+    """Map a non-success answer to the exception tree."""
+    code = response.status_code
+    message = error_message(response)
+    if code == 429:
+        return RateLimitedError(code, message, parse_retry_after(response.headers.get("retry-after"), now))
+    if code in TRANSIENT_STATUSES:
+        return ServerError(code, message)
+    if code in (401, 403):
+        return AuthError(code, message)
+    return RejectedError(code, message)
+
+
+def build_http_client(
+    *,
+    base_url: str,
+    api_key: SecretStr,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    max_connections: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The one long-lived HTTP client: explicit timeouts, pooled connections, bearer auth."""
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/") + "/",
+        headers={
+            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "Accept": "application/json",
+            "User-Agent": "workflow-canceller",
+        },
+        timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=read_timeout_s),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        transport=transport,
+    )
+
+
+class DialNexaClient:
+    """The calls this service makes, over one injected `httpx.AsyncClient`."""
+
+    def __init__(self, http: httpx.AsyncClient, metrics: Metrics) -> None:
+        self._http = http
+        self._metrics = metrics
+        self.last_rate_limit: RateLimit | None = None
+
+    async def cancel(self, workflow_id: str) -> CancelResult:
+        """POST workflows/{id}/cancel. Returns the outcome or raises a `DialNexaError`."""
+        response = await self._send("cancel", "POST", f"workflows/{workflow_id}/cancel")
+        code = response.status_code
+        if 200 <= code < 300:
+            return CancelResult(workflow_id, "cancelled", _status_of(unwrap(_json(response))) or "cancelled")
+        if code == 409:
+            return CancelResult(workflow_id, "already_terminal", _status_of(unwrap(_json(response))))
+        if code == 404:
+            return CancelResult(workflow_id, "not_found")
+        raise status_error(response, time.time())
+
+    async def probe(self, workflow_id: str) -> None:
+        """GET workflows/{id}: succeeds when the API key is accepted (200 or 404), else raises."""
+        response = await self._send("get", "GET", f"workflows/{workflow_id}")
+        if response.status_code in (200, 404):
+            return
+        raise status_error(response, time.time())
+
+    async def _send(self, operation: str, method: str, path: str) -> httpx.Response:
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(method, path)
+        except httpx.TransportError as error:
+            self._observe(operation, type(error).__name__, started)
+            raise TransportError(f"{type(error).__name__}: {error}"[:200]) from error
+        self._observe(operation, str(response.status_code), started)
+        self.last_rate_limit = parse_rate_limit(response.headers, time.time())
+        return response
+
+    def _observe(self, operation: str, status: str, started: float) -> None:
+        self._metrics.dialnexa_requests.labels(operation, status).inc()
+        self._metrics.dialnexa_request_duration.labels(operation).observe(time.perf_counter() - started)
+
+
+def _status_of(body: dict[str, Any]) -> str | None:
+    status = body.get("status")
+    return status if isinstance(status, str) and len(status) <= 32 else None

@@ -1,0 +1,179 @@
+"""Inbound and outbound events (CloudEvents 1.0, structured JSON mode).
+
+`parse(body, content_type, max_bytes)` turns a message body into a frozen event model or raises
+`InvalidEvent` with a short reason that is safe to put in a header: it never echoes input values,
+so a phone number cannot leak through an error text.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+CAMPAIGN_ENDED = "campaign-ended"
+COMPLAINT_RECEIVED = "complaint-received"
+WORKFLOW_CANCELLED = "workflow-cancelled"
+EVENT_TYPES = (CAMPAIGN_ENDED, COMPLAINT_RECEIVED)
+
+WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+MAX_WORKFLOWS = 1000
+ACCEPTED_CONTENT_TYPES = frozenset({"application/json", "application/cloudevents+json"})
+
+WorkflowId = Annotated[str, StringConstraints(pattern=WORKFLOW_ID_PATTERN)]
+NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class InvalidEvent(ValueError):
+    """The message cannot be processed as it is; the text is a short, value-free reason."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class _WorkflowsData(_Model):
+    workflow_ids: Annotated[tuple[WorkflowId, ...], Field(min_length=1, max_length=MAX_WORKFLOWS)]
+
+    @field_validator("workflow_ids")
+    @classmethod
+    def _dedupe(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Drop repeated ids, keeping the first occurrence (so indexes stay stable)."""
+        return tuple(dict.fromkeys(value))
+
+
+class CampaignEndedData(_WorkflowsData):
+    campaign_id: NonEmpty
+    reason: str | None = None
+
+
+class ComplaintReceivedData(_WorkflowsData):
+    complaint_id: NonEmpty
+    lead_id: str | None = None
+    campaign_id: str | None = None
+    # Personal data: kept secret so no repr, log line or error text can show it.
+    phone_number: SecretStr | None = None
+
+
+class _Envelope(_Model):
+    specversion: Literal["1.0"]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    source: NonEmpty
+    time: datetime | None = None
+
+
+class CampaignEnded(_Envelope):
+    type: Literal["campaign-ended"]
+    data: CampaignEndedData
+
+
+class ComplaintReceived(_Envelope):
+    type: Literal["complaint-received"]
+    data: ComplaintReceivedData
+
+
+InboundEvent = CampaignEnded | ComplaintReceived
+
+_INBOUND: TypeAdapter[InboundEvent] = TypeAdapter(Annotated[InboundEvent, Field(discriminator="type")])
+
+
+def parse(body: bytes, content_type: str | None, max_bytes: int) -> InboundEvent:
+    """Parse one message body; raise `InvalidEvent` with a reason for anything unusable."""
+    if len(body) > max_bytes:
+        raise InvalidEvent(f"body is {len(body)} bytes, over the {max_bytes}-byte limit")
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type and media_type not in ACCEPTED_CONTENT_TYPES:
+        raise InvalidEvent(f"content type {media_type[:64]!r} is not JSON")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent("body is not UTF-8") from None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise InvalidEvent("body is not JSON") from None
+    if not isinstance(raw, dict):
+        raise InvalidEvent("body is not a JSON object")
+    event_type = raw.get("type")
+    if isinstance(event_type, str) and event_type not in EVENT_TYPES:
+        raise InvalidEvent(f"unknown event type {event_type[:64]!r}")
+    try:
+        return _INBOUND.validate_python(raw)
+    except ValidationError as error:
+        raise InvalidEvent(describe_validation(error)) from None
+
+
+def describe_validation(error: ValidationError, limit: int = 3) -> str:
+    """`field.path: message` for the first few problems, without the offending values."""
+    problems = error.errors(include_input=False, include_url=False, include_context=False)
+    parts = []
+    for item in problems[:limit]:
+        # The discriminator adds the type name as the first path element: it is not a field.
+        loc = [str(p) for p in item["loc"] if p not in EVENT_TYPES]
+        parts.append(f"{'.'.join(loc) or 'body'}: {item['msg']}")
+    more = len(problems) - limit
+    return "schema: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def peek_type(body: bytes) -> str:
+    """A bounded label for metrics of a message that may not parse: a known type or `unknown`."""
+    for event_type in EVENT_TYPES:
+        if f'"{event_type}"'.encode() in body:
+            return event_type
+    return "unknown"
+
+
+def cancelled_event_id(workflow_id: str, trigger_id: str) -> str:
+    """Deterministic id of the workflow-cancelled event: UUIDv5 (URL namespace) of `wf/trigger`."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{workflow_id}/{trigger_id}"))
+
+
+def trigger_of(event: InboundEvent) -> dict[str, str]:
+    """The `trigger` object of an outbound event: what caused the cancellation."""
+    trigger = {"event_id": event.id, "event_type": event.type}
+    if isinstance(event, CampaignEnded):
+        trigger["campaign_id"] = event.data.campaign_id
+    else:
+        trigger["complaint_id"] = event.data.complaint_id
+        if event.data.campaign_id:
+            trigger["campaign_id"] = event.data.campaign_id
+    return trigger
+
+
+def workflow_cancelled(
+    *,
+    workflow_id: str,
+    outcome: Literal["cancelled", "already_terminal"],
+    status: str | None,
+    trigger: dict[str, str],
+    source: str,
+    confirmed_at: datetime,
+) -> bytes:
+    """The body of one `workflow-cancelled` event."""
+    data: dict[str, Any] = {"workflow_id": workflow_id, "outcome": outcome}
+    if status is not None:
+        data["status"] = status
+    data["trigger"] = trigger
+    envelope = {
+        "specversion": "1.0",
+        "id": cancelled_event_id(workflow_id, trigger["event_id"]),
+        "source": source,
+        "type": WORKFLOW_CANCELLED,
+        "subject": workflow_id,
+        "time": confirmed_at.isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()

@@ -1,0 +1,81 @@
+"""Liveness and readiness, and the HTTP endpoints `/healthz`, `/readyz` and `/metrics`.
+
+Readiness is not "a connection object exists": the consumer marks each input queue consuming or
+not as the broker confirms `basic.consume` and as channels close, and marks the whole worker
+paused while DialNexa rejects our credentials. `/readyz` is 200 only when every queue is consumed
+and nothing is paused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .metrics import Metrics
+
+
+class Readiness:
+    """Which input queues have an active consumer, and why the worker is paused, if it is."""
+
+    def __init__(self, queues: Iterable[str], metrics: Metrics) -> None:
+        self._consuming = dict.fromkeys(queues, False)
+        self._paused: str | None = None
+        self._metrics = metrics
+        self._publish()
+
+    @property
+    def ready(self) -> bool:
+        return self._paused is None and all(self._consuming.values())
+
+    def consuming(self, queue: str, active: bool) -> None:
+        self._consuming[queue] = active
+        self._publish()
+
+    def stopped(self) -> None:
+        """Connection gone or closing: no queue is consumed."""
+        for queue in self._consuming:
+            self._consuming[queue] = False
+        self._publish()
+
+    def pause(self, reason: str) -> None:
+        self._paused = reason
+        self._publish()
+
+    def resume(self) -> None:
+        self._paused = None
+        self._publish()
+
+    def describe(self) -> dict[str, object]:
+        return {"ready": self.ready, "paused": self._paused, "consuming": dict(self._consuming)}
+
+    def _publish(self) -> None:
+        self._metrics.ready.set(1 if self.ready else 0)
+
+
+def build_app(readiness: Readiness, registry: CollectorRegistry) -> web.Application:
+    """The small HTTP app the orchestrator and Prometheus talk to."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        return web.json_response(readiness.describe(), status=200 if readiness.ready else 503)
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` on host:port; the caller cleans the runner up."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,126 @@
+"""Prometheus metrics, built from a registry that is passed in.
+
+Production passes the default registry; every test builds a fresh one. Label values are bounded
+sets (event types, outcomes, status codes): never an id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets for one DialNexa call: local simulator (ms) up to a slow real API (10 s).
+_REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# One event can hold 1,000 workflows drained at the API's rate limit: up to many minutes.
+_EVENT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """Every metric the service exports (contract section 8, plus operational extras)."""
+
+    events_received: Counter
+    events_processed: Counter
+    workflow_cancellations: Counter
+    dialnexa_requests: Counter
+    dialnexa_request_duration: Histogram
+    dialnexa_retries: Counter
+    event_processing_duration: Histogram
+    event_age: Histogram
+    events_published: Counter
+    dead_lettered: Counter
+    inflight_events: Gauge
+    ready: Gauge
+    credentials_valid: Gauge
+    broker_reconnects: Counter
+
+    @classmethod
+    def build(cls, registry: CollectorRegistry) -> Metrics:
+        """Create and register every metric in *registry*."""
+        return cls(
+            events_received=Counter(
+                "canceller_events_received_total",
+                "Input events received, by the type named in the body (unknown when unparseable).",
+                ["event_type"],
+                registry=registry,
+            ),
+            events_processed=Counter(
+                "canceller_events_processed_total",
+                "Input events settled, by what was done with the message.",
+                ["event_type", "result"],
+                registry=registry,
+            ),
+            workflow_cancellations=Counter(
+                "canceller_workflow_cancellations_total",
+                "Per-workflow results of cancel calls.",
+                ["event_type", "outcome"],
+                registry=registry,
+            ),
+            dialnexa_requests=Counter(
+                "canceller_dialnexa_requests_total",
+                "DialNexa API calls, by operation and HTTP status code (or error kind).",
+                ["operation", "status_code"],
+                registry=registry,
+            ),
+            dialnexa_request_duration=Histogram(
+                "canceller_dialnexa_request_duration_seconds",
+                "Duration of one DialNexa API call.",
+                ["operation"],
+                buckets=_REQUEST_BUCKETS_S,
+                registry=registry,
+            ),
+            dialnexa_retries=Counter(
+                "canceller_dialnexa_retries_total",
+                "In-process retries of DialNexa calls, by the error that caused them.",
+                ["reason"],
+                registry=registry,
+            ),
+            event_processing_duration=Histogram(
+                "canceller_event_processing_duration_seconds",
+                "Time from taking a message to settling it (one delivery attempt).",
+                ["event_type"],
+                buckets=_EVENT_BUCKETS_S,
+                registry=registry,
+            ),
+            event_age=Histogram(
+                "canceller_event_age_seconds",
+                "Age of an event (from its CloudEvents time, else its first receipt) when its"
+                " work completed and it was acked.",
+                ["event_type"],
+                buckets=_EVENT_BUCKETS_S,
+                registry=registry,
+            ),
+            events_published=Counter(
+                "canceller_events_published_total",
+                "Outbound events confirmed by the broker.",
+                ["event_type"],
+                registry=registry,
+            ),
+            dead_lettered=Counter(
+                "canceller_dead_lettered_total",
+                "Messages sent to the dead-letter queue, by reason.",
+                ["reason"],
+                registry=registry,
+            ),
+            inflight_events=Gauge(
+                "canceller_inflight_events",
+                "Input messages taken and not yet settled.",
+                registry=registry,
+            ),
+            ready=Gauge(
+                "canceller_ready",
+                "1 while connected to the broker and consuming every input queue, else 0.",
+                registry=registry,
+            ),
+            credentials_valid=Gauge(
+                "canceller_dialnexa_credentials_valid",
+                "0 while DialNexa rejects the API key (401/403) and consumption is paused, else 1.",
+                registry=registry,
+            ),
+            broker_reconnects=Counter(
+                "canceller_broker_reconnects_total",
+                "Broker connections lost or refused, each followed by a reconnect attempt.",
+                registry=registry,
+            ),
+        )

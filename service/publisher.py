@@ -1,0 +1,92 @@
+"""Outbound messages: persistent, `mandatory`, and confirmed by the broker before we go on.
+
+Three kinds leave the service: `workflow-cancelled` events, copies of an input message parked in a
+delay queue for a later attempt, and copies sent to the dead-letter queue. Each `await` returns
+only once the broker has confirmed the message, so the input message can be acked after it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from .events import WORKFLOW_CANCELLED
+from .handler import PublishRefused
+
+HeaderValue = str | int
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+
+
+class Publisher:
+    """Publishes on one channel opened with publisher confirms and `on_return_raises`."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        output: AbstractExchange,
+        dead_letter: AbstractExchange,
+        *,
+        output_routing_key: str,
+        timeout_s: float,
+    ) -> None:
+        self._channel = channel
+        self._output = output
+        self._dead_letter = dead_letter
+        self._output_routing_key = output_routing_key
+        self._timeout_s = timeout_s
+
+    async def workflow_cancelled(self, body: bytes, event_id: str, confirmed_at: datetime) -> None:
+        """Publish one workflow-cancelled event; `PublishRefused` if the broker cannot take it."""
+        message = aio_pika.Message(
+            body,
+            content_type=CLOUDEVENTS_JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=event_id,
+            type=WORKFLOW_CANCELLED,
+            timestamp=confirmed_at,
+        )
+        await self._confirmed(self._output, message, self._output_routing_key)
+
+    async def to_delay_queue(
+        self, original: AbstractIncomingMessage, queue: str, headers: dict[str, HeaderValue]
+    ) -> None:
+        """Park a copy of `original` in a delay queue (through the default exchange)."""
+        await self._confirmed(self._channel.default_exchange, _copy(original, headers), queue)
+
+    async def to_dead_letter(
+        self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue]
+    ) -> None:
+        """Send a copy of `original`, body untouched, to the dead-letter exchange."""
+        await self._confirmed(self._dead_letter, _copy(original, headers), original.routing_key or "")
+
+    async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
+        try:
+            await exchange.publish(message, key, mandatory=True, timeout=self._timeout_s)
+        except aiormq.exceptions.PublishError as error:
+            raise PublishRefused(
+                f"unroutable: no queue bound to {exchange.name!r} with key {key!r}"
+            ) from error
+        except aiormq.exceptions.DeliveryError as error:
+            raise PublishRefused(f"broker refused the message ({type(error.frame).__name__})") from error
+
+
+def _copy(original: AbstractIncomingMessage, headers: dict[str, HeaderValue]) -> aio_pika.Message:
+    """The same body and properties, persistent, with `headers` merged over the original ones."""
+    merged = dict(original.headers or {})
+    merged.update(headers)
+    return aio_pika.Message(
+        original.body,
+        headers=merged,
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        type=original.type,
+        app_id=original.app_id,
+    )

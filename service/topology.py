@@ -1,0 +1,93 @@
+"""Broker topology, declared idempotently at every (re)connect.
+
+    crm.events (topic) --campaign-ended-----> workflow-canceller.campaign-ended      (quorum)
+                       --complaint-received-> workflow-canceller.complaint-received  (quorum)
+    input queue --(delivery limit)--> workflow-canceller.dead-letter (fanout) --> workflow-canceller.dlq
+    worker --(retry copy, via default exchange)--> workflow-canceller.delay.<ms>ms (quorum, message TTL)
+    delay queue --(TTL expired)--> workflow-canceller.requeue (headers, x-canceller-queue) --> input queue
+    worker --workflow-cancelled--> workflow.events (topic)
+
+Works on RabbitMQ 3.10 and later: quorum queues with message TTL and at-least-once dead-lettering
+(which needs `x-overflow: reject-publish`) exist since 3.10. Every quorum queue that can
+dead-letter does so at-least-once, so a delayed retry or a delivery-limit overflow is never lost in
+transit. The input queues set an explicit delivery limit with the DLQ behind it: RabbitMQ 4.x
+would otherwise apply its default limit of 20 and drop messages past it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aio_pika import ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractExchange
+from pamqp.common import FieldTable
+
+from .config import Settings
+
+HEADER_QUEUE = "x-canceller-queue"
+
+_QUORUM: FieldTable = {"x-queue-type": "quorum"}
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanges:
+    output: AbstractExchange
+    dead_letter: AbstractExchange
+
+
+def _dead_letters_to(exchange: str) -> FieldTable:
+    return {
+        "x-dead-letter-exchange": exchange,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def delay_steps_s(settings: Settings) -> tuple[float, ...]:
+    """The distinct delays, one delay queue each, shortest first."""
+    return tuple(sorted(set(settings.retry_delays)))
+
+
+def delay_queue_for(settings: Settings, delay_s: float) -> str:
+    """The shortest delay queue that waits at least `delay_s` (else the longest there is)."""
+    steps = delay_steps_s(settings)
+    chosen = next((step for step in steps if step >= delay_s), steps[-1])
+    return settings.delay_queue_name(chosen)
+
+
+async def declare(channel: AbstractChannel, settings: Settings) -> Exchanges:
+    """Declare every exchange, queue and binding the service uses; safe to repeat."""
+    inputs = await channel.declare_exchange(settings.input_exchange, ExchangeType.TOPIC, durable=True)
+    output = await channel.declare_exchange(settings.output_exchange, ExchangeType.TOPIC, durable=True)
+    dead_letter = await channel.declare_exchange(
+        settings.dead_letter_exchange, ExchangeType.FANOUT, durable=True
+    )
+    requeue = await channel.declare_exchange(settings.requeue_exchange, ExchangeType.HEADERS, durable=True)
+
+    dlq = await channel.declare_queue(settings.dead_letter_queue, durable=True, arguments=_QUORUM)
+    await dlq.bind(dead_letter, routing_key="")
+
+    for name, routing_key in settings.input_queues.items():
+        queue = await channel.declare_queue(
+            name,
+            arguments={
+                **_QUORUM,
+                **_dead_letters_to(settings.dead_letter_exchange),
+                "x-delivery-limit": settings.delivery_limit,
+            },
+            durable=True,
+        )
+        await queue.bind(inputs, routing_key=routing_key)
+        await queue.bind(requeue, routing_key="", arguments={"x-match": "all", HEADER_QUEUE: name})
+
+    for step in delay_steps_s(settings):
+        await channel.declare_queue(
+            settings.delay_queue_name(step),
+            arguments={
+                **_QUORUM,
+                **_dead_letters_to(settings.requeue_exchange),
+                "x-message-ttl": round(step * 1000),
+            },
+            durable=True,
+        )
+    return Exchanges(output=output, dead_letter=dead_letter)

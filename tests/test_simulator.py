@@ -1,0 +1,306 @@
+"""The DialNexa simulator over real HTTP: API behaviour, scripting, rate limits, control API, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from service.simulator import SimConfig, Simulator, start_simulator
+
+KEY = "sim_key:sim_secret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Sim:
+    """A running simulator with an httpx client pointed at its /v1 base URL."""
+
+    def __init__(self, sim: Simulator, base_url: str, client: httpx.AsyncClient) -> None:
+        self.sim, self.base_url, self.client = sim, base_url, client
+        self.root = base_url.removesuffix("/v1")
+
+    async def cancel(self, workflow_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await self.client.post(
+            f"{self.base_url}/workflows/{workflow_id}/cancel", headers=headers or AUTH
+        )
+
+    async def get(self, workflow_id: str) -> httpx.Response:
+        return await self.client.get(f"{self.base_url}/workflows/{workflow_id}", headers=AUTH)
+
+
+@pytest_asyncio.fixture
+async def sim() -> AsyncIterator[Sim]:
+    """A simulator with the default config on a free port."""
+    simulator = Simulator()
+    runner, base_url = await start_simulator(simulator)
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            yield Sim(simulator, base_url, client)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_cancel_bare_success(sim: Sim) -> None:
+    """Cancelling an unknown id auto-creates it and answers 200 with the bare cancelled workflow."""
+    response = await sim.cancel("wf_1")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == "wf_1" and body["status"] == "cancelled"
+    assert set(body) == {
+        "id",
+        "name",
+        "status",
+        "node_count",
+        "edge_count",
+        "enrolled_leads",
+        "created_at",
+    }
+    assert sim.sim.workflows["wf_1"] == "cancelled"
+    assert (await sim.get("wf_1")).json()["status"] == "cancelled"
+
+
+@pytest.mark.asyncio
+async def test_cancel_wrapped_and_camel_case(sim: Sim) -> None:
+    """The wrapped envelope and camelCase keys follow the config at run time."""
+    sim.sim.config.envelope = "wrapped"
+    sim.sim.config.camel_case = True
+    body = (await sim.cancel("wfl_2")).json()
+    assert body["statusCode"] == 200 and body["message"] == "Workflow cancelled"
+    data = body["data"]
+    assert data["status"] == "cancelled"
+    assert {"nodeCount", "edgeCount", "enrolledLeads", "createdAt"} <= set(data)
+    assert "created_at" not in data
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", ["completed", "cancelled"])
+async def test_cancel_terminal_is_409(sim: Sim, status: str) -> None:
+    """A terminal workflow answers 409 with the API's conflict body and keeps its status."""
+    sim.sim.set_status("wf_t", status)
+    response = await sim.cancel("wf_t")
+    assert response.status_code == 409
+    assert response.json() == {
+        "statusCode": 409,
+        "message": f"Workflow is already {status}",
+        "error": "Conflict",
+    }
+    assert sim.sim.workflows["wf_t"] == status
+
+
+@pytest.mark.asyncio
+async def test_missing_is_404(sim: Sim) -> None:
+    """Ids containing "missing", and unknown ids without auto_create, answer 404."""
+    response = await sim.cancel("wf_missing_1")
+    assert response.status_code == 404
+    assert response.json()["error"] == "Not Found"
+    assert (await sim.get("wf_missing_2")).status_code == 404
+    sim.sim.config.auto_create = False
+    assert (await sim.cancel("wf_unknown")).status_code == 404
+    sim.sim.set_status("wf_known", "paused")
+    assert (await sim.cancel("wf_known")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_auth_401_and_403(sim: Sim) -> None:
+    """A wrong or missing key answers 401, the forbidden key 403, and a changed api_key applies."""
+    sim.sim.config.forbidden_key = "ro_key:secret"
+    assert (await sim.cancel("wf_a", {"Authorization": "Bearer nope"})).status_code == 401
+    assert (await sim.client.post(f"{sim.base_url}/workflows/wf_a/cancel")).status_code == 401
+    forbidden = await sim.cancel("wf_a", {"Authorization": "Bearer ro_key:secret"})
+    assert forbidden.status_code == 403
+    assert forbidden.json()["error"] == "Forbidden"
+    sim.sim.config.api_key = "new:key"
+    assert (await sim.cancel("wf_a")).status_code == 401
+    assert (await sim.cancel("wf_a", {"Authorization": "Bearer new:key"})).status_code == 200
+    assert sim.sim.status_counts == {401: 3, 403: 1, 200: 1}
+
+
+@pytest.mark.asyncio
+async def test_scripted_statuses_in_order(sim: Sim) -> None:
+    """Scripted answers are consumed one per call, FIFO, then normal behaviour resumes."""
+    sim.sim.script("wf_s", [503, 400, {"status": 429, "retry_after": 2}, 200])
+    first = await sim.cancel("wf_s")
+    assert first.status_code == 503
+    assert first.json() == {
+        "statusCode": 503,
+        "message": "Service Unavailable",
+        "error": "Service Unavailable",
+    }
+    second = await sim.get("wf_s")
+    assert second.status_code == 400 and isinstance(second.json()["message"], list)
+    third = await sim.cancel("wf_s")
+    assert third.status_code == 429 and third.headers["Retry-After"] == "2"
+    assert (await sim.cancel("wf_s")).status_code == 200
+    assert (await sim.cancel("wf_s")).status_code == 409
+    assert [c.status for c in sim.sim.calls_for("wf_s")] == [503, 400, 429, 200, 409]
+    assert [c.method for c in sim.sim.calls_for("wf_s")] == ["POST", "GET", "POST", "POST", "POST"]
+
+
+@pytest.mark.asyncio
+async def test_scripted_envelope_and_delay(sim: Sim) -> None:
+    """A one-off envelope applies to one answer, and delay_s sleeps before the scripted status."""
+    sim.sim.script("wf_e", [{"status": 200, "envelope": "wrapped"}, {"delay_s": 0.05, "status": 502}])
+    assert (await sim.cancel("wf_e")).json()["data"]["status"] == "cancelled"
+    delayed = await sim.get("wf_e")
+    assert delayed.status_code == 502
+    record = sim.sim.calls_for("wf_e")[-1]
+    assert record.finished_at - record.started_at >= 0.05
+    assert (await sim.get("wf_e")).json()["status"] == "cancelled"
+    with pytest.raises(ValueError):
+        sim.sim.script("wf_e", ["explode"])
+
+
+@pytest.mark.asyncio
+async def test_drop_gives_transport_error(sim: Sim) -> None:
+    """A scripted "drop" closes the connection: httpx raises a transport error, not a response."""
+    sim.sim.script("wf_d", ["drop"])
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        await sim.cancel("wf_d")
+    assert sim.sim.calls_for("wf_d")[0].status is None
+    assert sim.sim.call_count == 1 and sim.sim.status_counts == {}
+    assert (await sim.cancel("wf_d")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_seconds_style(sim: Sim) -> None:
+    """Over the limit answers 429 with Retry-After; every answer carries X-RateLimit-* headers."""
+    sim.sim.config.rate_limit = 2
+    sim.sim.config.rate_window_s = 30.0
+    responses = [await sim.cancel(f"wf_r{i}") for i in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["1", "0", "0"]
+    assert all(r.headers["X-RateLimit-Limit"] == "2" for r in responses)
+    assert all(r.headers["X-RateLimit-Reset"] == "30" for r in responses)
+    limited = responses[2]
+    assert limited.headers["Retry-After"] == "30"
+    assert limited.json()["error"] == "Too Many Requests"
+    assert sim.sim.status_counts[429] == 1 and sim.sim.call_count == 3
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_epoch_style(sim: Sim) -> None:
+    """With reset_style "epoch" X-RateLimit-Reset is the Unix time the window ends."""
+    sim.sim.config.rate_limit = 1
+    sim.sim.config.rate_window_s = 20.0
+    sim.sim.config.reset_style = "epoch"
+    before = time.time()
+    await sim.cancel("wf_e1")
+    limited = await sim.cancel("wf_e2")
+    assert limited.status_code == 429
+    reset = int(limited.headers["X-RateLimit-Reset"])
+    assert math.floor(before) + 19 <= reset <= math.ceil(time.time()) + 20
+    assert 1 <= int(limited.headers["Retry-After"]) <= 20
+
+
+@pytest.mark.asyncio
+async def test_rate_window_rolls_over(sim: Sim) -> None:
+    """A new window starts after rate_window_s, and Retry-After is at least 1 for short windows."""
+    sim.sim.config.rate_limit = 1
+    sim.sim.config.rate_window_s = 0.2
+    assert (await sim.cancel("wf_w0")).status_code == 200
+    limited = await sim.cancel("wf_w1")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+    deadline = time.monotonic() + 3.0
+    while (await sim.cancel("wf_w1")).status_code == 429:
+        assert time.monotonic() < deadline, "rate window never rolled over"
+
+
+@pytest.mark.asyncio
+async def test_max_inflight_with_latency(sim: Sim) -> None:
+    """Concurrent requests held by latency are counted in inflight and max_inflight."""
+    sim.sim.config.latency_s = 0.2
+    results = await asyncio.gather(*(sim.cancel(f"wf_c{i}") for i in range(8)))
+    assert all(r.status_code == 200 for r in results)
+    assert sim.sim.max_inflight == 8 and sim.sim.inflight == 0
+    assert all(c.finished_at - c.started_at >= 0.2 for c in sim.sim.calls)
+
+
+@pytest.mark.asyncio
+async def test_control_api(sim: Sim) -> None:
+    """The /_sim control API configures, scripts, seeds, reports and resets over HTTP."""
+    client, root = sim.client, sim.root
+    assert (await client.get(f"{root}/healthz")).text == "ok"
+    config = (await client.post(f"{root}/_sim/config", json={"camel_case": True})).json()
+    assert config["camel_case"] is True and config["api_key"] == KEY
+    assert sim.sim.config.camel_case is True
+    bad = await client.post(f"{root}/_sim/config", json={"envelope": "boxed"})
+    assert bad.status_code == 400 and sim.sim.config.envelope == "bare"
+    assert (await client.post(f"{root}/_sim/config", json={"nope": 1})).status_code == 400
+    seeded = await client.post(f"{root}/_sim/workflows", json={"wf_x": "completed", "wf_y": "draft"})
+    assert seeded.json() == {"wf_x": "completed", "wf_y": "draft"}
+    assert (await client.post(f"{root}/_sim/workflows", json={"wf_z": "gone"})).status_code == 400
+    script = {"workflow_id": "wf_y", "actions": [500, {"status": 429, "retry_after": 1}]}
+    assert (await client.post(f"{root}/_sim/script", json=script)).json()["queued"] == 2
+    bad_script = {"workflow_id": "wf_y", "actions": [{"bogus": 1}]}
+    assert (await client.post(f"{root}/_sim/script", json=bad_script)).status_code == 400
+    statuses = [(await sim.cancel(w)).status_code for w in ("wf_x", "wf_y", "wf_y", "wf_y")]
+    assert statuses == [409, 500, 429, 200]
+    stats = (await client.get(f"{root}/_sim/stats")).json()
+    assert stats == {
+        "call_count": 4,
+        "status_counts": {"409": 1, "500": 1, "429": 1, "200": 1},
+        "inflight": 0,
+        "max_inflight": 1,
+    }
+    calls: list[dict[str, Any]] = (
+        await client.get(f"{root}/_sim/calls", params={"workflow_id": "wf_y"})
+    ).json()
+    assert [c["status"] for c in calls] == [500, 429, 200]
+    assert set(calls[0]) == {"method", "workflow_id", "status", "started_at", "finished_at"}
+    reset = (await client.post(f"{root}/_sim/reset")).json()
+    assert reset["call_count"] == 0 and sim.sim.workflows == {} and sim.sim.calls == []
+    assert sim.sim.config.camel_case is True
+
+
+@pytest.mark.asyncio
+async def test_cli_serves_and_exits_on_sigterm() -> None:
+    """The CLI prints its listening line, answers /healthz, and exits 0 on SIGTERM."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service.simulator",
+        "--port",
+        "0",
+        "--latency-ms",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=10.0)).decode().strip()
+        prefix = "dialnexa-simulator listening on "
+        assert line.startswith(prefix) and line.endswith("/v1"), line
+        root = line.removeprefix(prefix).removesuffix("/v1")
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            assert (await client.get(f"{root}/healthz")).text == "ok"
+            response = await client.post(f"{root}/v1/workflows/wf_cli/cancel", headers=AUTH)
+            assert response.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10.0) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_config_validation() -> None:
+    """SimConfig rejects values the simulator cannot honour."""
+    with pytest.raises(ValueError):
+        SimConfig(rate_limit=0)
+    with pytest.raises(ValueError):
+        SimConfig(reset_style="iso")  # type: ignore[arg-type]  # deliberately invalid
