@@ -34,7 +34,6 @@ def retry_hook(metrics: Metrics) -> stamina.instrumentation.RetryHook:
             retry_num=details.retry_num,
             wait_s=round(details.wait_for, 3),
             error=str(details.caused_by)[:200],
-            workflow_id=details.args[1] if len(details.args) > 1 else None,
         )
 
     return on_retry

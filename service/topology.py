@@ -4,7 +4,7 @@
                        --complaint-received-> workflow-canceller.complaint-received  (quorum)
     input queue --(delivery limit)--> workflow-canceller.dead-letter (fanout) --> workflow-canceller.dlq
     worker --(retry copy, via default exchange)--> workflow-canceller.delay.<ms>ms (quorum, message TTL)
-    delay queue --(TTL expired)--> workflow-canceller.requeue (headers, x-canceller-queue) --> input queue
+    delay queue --(TTL expired)--> workflow-canceller.requeue (headers, canceller-return-queue) --> input queue
     worker --workflow-cancelled--> workflow.events (topic)
 
 Works on RabbitMQ 3.10 and later: quorum queues with message TTL and at-least-once dead-lettering
@@ -24,7 +24,8 @@ from pamqp.common import FieldTable
 
 from .config import Settings
 
-HEADER_QUEUE = "x-canceller-queue"
+# Headers exchanges ignore "x-" headers when matching, so this one must not start with "x-".
+HEADER_QUEUE = "canceller-return-queue"
 
 _QUORUM: FieldTable = {"x-queue-type": "quorum"}
 

@@ -1,0 +1,166 @@
+"""Test helpers: waiting on conditions with deadlines, event builders, a broker probe."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+Condition = Callable[[], bool | Awaitable[bool]]
+
+
+async def wait_until(condition: Condition, *, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition` until it holds; fail the test with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def campaign(ids: list[str], event_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A valid campaign-ended event naming `ids`."""
+    return {
+        "specversion": "1.0",
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "source": "urn:crm:test",
+        "type": "campaign-ended",
+        "time": "2026-11-29T10:00:00Z",
+        "data": {"campaign_id": "cmp_1", "workflow_ids": ids, "reason": "ended", **extra},
+    }
+
+
+def complaint(ids: list[str], event_id: str | None = None, phone: str = "+15555550123") -> dict[str, Any]:
+    """A valid complaint-received event naming `ids`, with a phone number (personal data)."""
+    return {
+        "specversion": "1.0",
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "source": "urn:crm:test",
+        "type": "complaint-received",
+        "data": {
+            "complaint_id": "cpl_1",
+            "workflow_ids": ids,
+            "lead_id": "lead_1",
+            "campaign_id": "cmp_1",
+            "phone_number": phone,
+        },
+    }
+
+
+def wf_ids(count: int, prefix: str = "wf") -> list[str]:
+    """`count` unique workflow ids."""
+    tag = uuid.uuid4().hex[:6]
+    return [f"{prefix}_{tag}_{n}" for n in range(count)]
+
+
+class BrokerProbe:
+    """The test's side of the broker: publishes input, collects every output and DLQ message."""
+
+    def __init__(self, url: str, names: dict[str, str]) -> None:
+        self.url = url
+        self.names = names
+        self.outputs: list[dict[str, Any]] = []
+        self.dead: list[AbstractIncomingMessage] = []
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+
+    async def open(self, bind_outputs: bool = True) -> None:
+        self._connection = await aio_pika.connect(self.url)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        await self._channel.declare_exchange(self.names["input_exchange"], "topic", durable=True)
+        if bind_outputs:
+            # Durable and named, so outputs published while this probe is cut off are kept.
+            output = await self._channel.declare_exchange(self.names["output_exchange"], "topic", durable=True)
+            queue = await self._channel.declare_queue(self.outputs_queue, durable=True)
+            await queue.bind(output, "workflow-cancelled")
+            await queue.consume(self._on_output, no_ack=True)
+
+    @property
+    def outputs_queue(self) -> str:
+        return self.names["output_exchange"] + ".test-outputs"
+
+    async def close(self, delete: bool = True) -> None:
+        if self._connection is None:
+            return
+        if delete and not self._connection.is_closed:
+            channel = await self._connection.channel()
+            await channel.queue_delete(self.outputs_queue)
+        await self._connection.close()
+
+    @property
+    def channel(self) -> AbstractChannel:
+        assert self._channel is not None
+        return self._channel
+
+    async def _on_output(self, message: AbstractIncomingMessage) -> None:
+        self.outputs.append(json.loads(message.body))
+
+    async def publish(
+        self,
+        event: dict[str, Any] | bytes,
+        routing_key: str | None = None,
+        content_type: str | None = "application/cloudevents+json",
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish one input message (persistent, confirmed) to the input exchange."""
+        if isinstance(event, dict):
+            body = json.dumps(event).encode()
+            routing_key = routing_key or str(event["type"])
+        else:
+            body = event
+        exchange = await self.channel.get_exchange(self.names["input_exchange"])
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                content_type=content_type,
+                headers=headers,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=routing_key or "campaign-ended",
+        )
+
+    async def watch_dlq(self) -> None:
+        """Start collecting DLQ messages (after the worker declared the DLQ)."""
+        queue = await self.channel.get_queue(self.names["dead_letter_queue"], ensure=True)
+        await queue.consume(self._on_dead)
+
+    async def _on_dead(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        self.dead.append(message)
+
+    async def depth(self, queue: str) -> int:
+        """Messages ready in `queue` right now (passive declare on a throwaway channel)."""
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            count = declared.declaration_result.message_count
+            return int(count or 0)
+        finally:
+            await channel.close()
+
+    def outputs_for(self, workflow_id: str) -> list[dict[str, Any]]:
+        return [o for o in self.outputs if o["subject"] == workflow_id]
+
+    def output_ids(self) -> set[str]:
+        return {o["subject"] for o in self.outputs}
