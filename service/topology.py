@@ -4,7 +4,7 @@
                        --complaint-received-> workflow-canceller.complaint-received  (quorum)
     input queue --(delivery limit)--> workflow-canceller.dead-letter (fanout) --> workflow-canceller.dlq
     worker --(retry copy, via default exchange)--> workflow-canceller.delay.<ms>ms (quorum, message TTL)
-    delay queue --(TTL expired)--> workflow-canceller.requeue (headers, canceller-return-queue) --> input queue
+    delay queue --(TTL)--> workflow-canceller.requeue (headers, canceller-return-queue) --> input queue
     worker --workflow-cancelled--> workflow.events (topic)
 
 Works on RabbitMQ 3.10 and later: quorum queues with message TTL and at-least-once dead-lettering

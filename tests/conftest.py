@@ -62,7 +62,9 @@ def base_amqp_url() -> Iterator[str]:
             params = container.get_connection_params()
             yield f"amqp://guest:guest@{params.host}:{params.port}/"
         return
-    pytest.fail(f"no RabbitMQ answers at {url} and no Docker engine to start one (set CANCELLER_TEST_AMQP_URL)")
+    pytest.fail(
+        f"no RabbitMQ answers at {url} and no Docker engine to start one (set CANCELLER_TEST_AMQP_URL)"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,9 @@ class BrokerProbe:
         await self._channel.declare_exchange(self.names["input_exchange"], "topic", durable=True)
         if bind_outputs:
             # Durable and named, so outputs published while this probe is cut off are kept.
-            output = await self._channel.declare_exchange(self.names["output_exchange"], "topic", durable=True)
+            output = await self._channel.declare_exchange(
+                self.names["output_exchange"], "topic", durable=True
+            )
             queue = await self._channel.declare_queue(self.outputs_queue, durable=True)
             await queue.bind(output, "workflow-cancelled")
             await queue.consume(self._on_output, no_ack=True)

@@ -158,7 +158,7 @@ async def test_scripted_envelope_and_delay(sim: Sim) -> None:
     record = sim.sim.calls_for("wf_e")[-1]
     assert record.finished_at - record.started_at >= 0.05
     assert (await sim.get("wf_e")).json()["status"] == "cancelled"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid scripted action"):
         sim.sim.script("wf_e", ["explode"])
 
 
@@ -300,7 +300,7 @@ async def test_cli_serves_and_exits_on_sigterm() -> None:
 
 def test_config_validation() -> None:
     """SimConfig rejects values the simulator cannot honour."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid simulator config"):
         SimConfig(rate_limit=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid simulator config"):
         SimConfig(reset_style="iso")  # type: ignore[arg-type]  # deliberately invalid

@@ -43,15 +43,24 @@ async def test_campaign_happy_path(simulator: Any, broker: BrokerProbe, start_wo
             "campaign_id": "cmp_1",
         }
     assert all(sim.workflows[i] == "cancelled" for i in ids)
-    await wait_until(lambda: worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked") == 1)
+    await wait_until(
+        lambda: (
+            worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked")
+            == 1
+        )
+    )
     assert await broker.depth(worker.settings.campaign_queue) == 0
-    assert worker.metric("canceller_workflow_cancellations_total", event_type="campaign-ended", outcome="cancelled") == 3
+    assert (
+        worker.metric(
+            "canceller_workflow_cancellations_total", event_type="campaign-ended", outcome="cancelled"
+        )
+        == 3
+    )
     assert worker.metric("canceller_events_published_total", event_type="workflow-cancelled") == 3
 
 
 async def test_complaint_happy_path(simulator: Any, broker: BrokerProbe, start_worker: Any) -> None:
     """A complaint-received event is consumed from its own queue and cancels its workflows."""
-    sim, _ = simulator
     worker = await start_worker()
     ids = wf_ids(2)
     event = complaint(ids)
@@ -59,10 +68,14 @@ async def test_complaint_happy_path(simulator: Any, broker: BrokerProbe, start_w
     await wait_until(lambda: broker.output_ids() == set(ids), what="two events")
     trigger = broker.outputs[0]["data"]["trigger"]
     assert trigger["complaint_id"] == "cpl_1" and trigger["event_type"] == "complaint-received"
-    await wait_until(lambda: worker.metric("canceller_event_age_seconds_count", event_type="complaint-received") == 1)
+    await wait_until(
+        lambda: worker.metric("canceller_event_age_seconds_count", event_type="complaint-received") == 1
+    )
 
 
-async def test_409_is_success_and_404_is_final(simulator: Any, broker: BrokerProbe, start_worker: Any) -> None:
+async def test_409_is_success_and_404_is_final(
+    simulator: Any, broker: BrokerProbe, start_worker: Any
+) -> None:
     """409 publishes outcome already_terminal; 404 publishes nothing; the message is acked once."""
     sim, _ = simulator
     worker = await start_worker()
@@ -71,16 +84,26 @@ async def test_409_is_success_and_404_is_final(simulator: Any, broker: BrokerPro
     await broker.publish(campaign([done_id, missing_id, fresh_id]))
 
     await wait_until(
-        lambda: worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked") == 1
+        lambda: (
+            worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked")
+            == 1
+        )
     )
     assert broker.output_ids() == {done_id, fresh_id}
     assert broker.outputs_for(done_id)[0]["data"]["outcome"] == "already_terminal"
-    assert worker.metric("canceller_workflow_cancellations_total", event_type="campaign-ended", outcome="not_found") == 1
+    assert (
+        worker.metric(
+            "canceller_workflow_cancellations_total", event_type="campaign-ended", outcome="not_found"
+        )
+        == 1
+    )
     assert len(sim.calls_for(missing_id)) == 1
     assert len(sim.calls_for(done_id)) == 1
 
 
-async def test_transient_error_retried_in_process(simulator: Any, broker: BrokerProbe, start_worker: Any) -> None:
+async def test_transient_error_retried_in_process(
+    simulator: Any, broker: BrokerProbe, start_worker: Any
+) -> None:
     """A 503 then success is retried in process: one output, acked on the first delivery."""
     sim, _ = simulator
     worker = await start_worker()
@@ -90,7 +113,9 @@ async def test_transient_error_retried_in_process(simulator: Any, broker: Broker
     await wait_until(lambda: broker.output_ids() == {wf})
     assert [c.status for c in sim.calls_for(wf)] == [503, 200]
     assert worker.metric("canceller_dialnexa_retries_total", reason="ServerError") == 1
-    assert worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="retried") == 0
+    assert (
+        worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="retried") == 0
+    )
 
 
 async def test_retry_after_is_respected(simulator: Any, broker: BrokerProbe, start_worker: Any) -> None:
@@ -119,9 +144,14 @@ async def test_partial_failure_retries_only_what_failed(
 
     await wait_until(lambda: broker.output_ids() == {*ok_ids, flaky}, what="all four outputs")
     await wait_until(
-        lambda: worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked") == 1
+        lambda: (
+            worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked")
+            == 1
+        )
     )
-    assert worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="retried") == 1
+    assert (
+        worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="retried") == 1
+    )
     assert all(len(sim.calls_for(i)) == 1 for i in ok_ids)
     assert [c.status for c in sim.calls_for(flaky)] == [503, 502, 200]
     assert len(broker.outputs) == 4
@@ -145,8 +175,14 @@ async def test_exhausted_retries_go_to_dlq(simulator: Any, broker: BrokerProbe, 
     assert "503" in _header(dead, "x-canceller-error")
     assert len(sim.calls_for(wf)) == 6
     assert broker.outputs == []
-    assert worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="dead_lettered") == 1
-    assert worker.metric("canceller_workflow_cancellations_total", event_type="campaign-ended", outcome="failed") == 1
+    assert (
+        worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="dead_lettered")
+        == 1
+    )
+    assert (
+        worker.metric("canceller_workflow_cancellations_total", event_type="campaign-ended", outcome="failed")
+        == 1
+    )
 
 
 async def test_permanent_error_goes_to_dlq(simulator: Any, broker: BrokerProbe, start_worker: Any) -> None:
@@ -169,12 +205,27 @@ POISON: list[tuple[str, bytes, str | None, str]] = [
     ("not utf-8", b'{"a": "\xff\xfe"}', "application/json", "not UTF-8"),
     ("not an object", b"[1, 2]", None, "not a JSON object"),
     ("wrong content type", json.dumps(campaign(["wf_1"])).encode(), "text/plain", "content type"),
-    ("unknown type", json.dumps({**campaign(["wf_1"]), "type": "lead-created"}).encode(), None, "unknown event type"),
-    ("missing data", json.dumps({k: v for k, v in campaign(["wf_1"]).items() if k != "data"}).encode(), None, "data"),
+    (
+        "unknown type",
+        json.dumps({**campaign(["wf_1"]), "type": "lead-created"}).encode(),
+        None,
+        "unknown event type",
+    ),
+    (
+        "missing data",
+        json.dumps({k: v for k, v in campaign(["wf_1"]).items() if k != "data"}).encode(),
+        None,
+        "data",
+    ),
     ("bad workflow id", json.dumps(campaign(["../admin"])).encode(), None, "workflow_ids"),
     ("too many ids", json.dumps(campaign([f"wf_{n}" for n in range(1001)])).encode(), None, "workflow_ids"),
     ("empty ids", json.dumps(campaign([])).encode(), None, "workflow_ids"),
-    ("bad specversion", json.dumps({**campaign(["wf_1"]), "specversion": "0.3"}).encode(), None, "specversion"),
+    (
+        "bad specversion",
+        json.dumps({**campaign(["wf_1"]), "specversion": "0.3"}).encode(),
+        None,
+        "specversion",
+    ),
     ("oversize", b'{"pad": "' + b"x" * 40_000 + b'"}', None, "limit"),
 ]
 
@@ -213,7 +264,10 @@ async def test_unroutable_output_is_not_acked_as_success(
         await wait_until(lambda: len(probe.dead) == 1, what="dead letter after unroutable publishes")
         assert _header(probe.dead[0], "x-canceller-reason") == "exhausted"
         assert "unroutable" in _header(probe.dead[0], "x-canceller-error")
-        assert worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked") == 0
+        assert (
+            worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked")
+            == 0
+        )
     finally:
         await probe.close()
 
@@ -237,9 +291,7 @@ async def test_credentials_rejected_pauses_then_resumes(
         assert answer.status_code == 503
         assert answer.json()["paused"]
     await wait_until(lambda: _probe_calls(sim) >= 2, what="probes with backoff")
-    await wait_until(
-        lambda: broker.depth(worker.settings.campaign_queue), what="messages back in the queue"
-    )
+    await wait_until(lambda: broker.depth(worker.settings.campaign_queue), what="messages back in the queue")
     assert broker.outputs == []
 
     sim.config.api_key = "sim_key:sim_secret"  # the key works again
@@ -271,7 +323,12 @@ async def test_duplicate_delivery_publishes_same_event_id(
 
 @pytest.mark.rabbitmqctl
 async def test_broker_connections_closed_mid_stream(
-    simulator: Any, broker: BrokerProbe, start_worker: Any, vhost: str | None, amqp_url: str, names: dict[str, str]
+    simulator: Any,
+    broker: BrokerProbe,
+    start_worker: Any,
+    vhost: str | None,
+    amqp_url: str,
+    names: dict[str, str],
 ) -> None:
     """`rabbitmqctl close_all_connections` mid-stream: the worker reconnects and every event completes."""
     if vhost is None or not shutil.which("rabbitmqctl"):
@@ -294,7 +351,9 @@ async def test_broker_connections_closed_mid_stream(
     await broker.close(delete=False)  # the probe was cut off too: reconnect it to the same queues
     await broker.open()
     await wait_until(worker.ready, timeout_s=15, what="ready again")
-    await wait_until(lambda: broker.output_ids() == set(ids), timeout_s=30, what="every workflow-cancelled event")
+    await wait_until(
+        lambda: broker.output_ids() == set(ids), timeout_s=30, what="every workflow-cancelled event"
+    )
     assert all(sim.workflows[wf] == "cancelled" for wf in ids)
     assert await broker.depth(worker.settings.campaign_queue) == 0
     assert worker.metric("canceller_dead_lettered_total", reason="exhausted") == 0

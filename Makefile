@@ -1,0 +1,45 @@
+# The two commands: `make run` and `make test`. Both install what they need (uv, the locked
+# environment, validators) on a fresh machine; nothing has to be installed by hand.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help install lint test test-fast run broker bench
+
+help:
+	@echo "make run        run the worker against the local RabbitMQ (starts the DialNexa simulator if no API is configured)"
+	@echo "make test       install everything, lint, type-check, validate deploy files, run every test"
+	@echo "make test-fast  the unit tests only (no broker)"
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --all-groups
+	touch $@
+
+install: $(VENV)/.synced
+
+lint: install
+	$(VENV)/bin/ruff check service tests scripts
+	$(VENV)/bin/ruff format --check service tests scripts
+	$(VENV)/bin/mypy --strict service
+
+broker:
+	bash scripts/ensure-rabbitmq.sh
+
+test: install lint broker
+	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest tests/test_events.py tests/test_dialnexa.py tests/test_handler.py tests/test_units.py
+
+run: install broker
+	bash scripts/run-local.sh

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make run`: the worker against the local RabbitMQ. When neither CANCELLER_DIALNEXA_BASE_URL nor
+# CANCELLER_DIALNEXA_API_KEY is configured (environment or .env), the bundled DialNexa simulator is
+# started on localhost and the worker is pointed at it. The worker itself never falls back to it.
+set -euo pipefail
+VENV=${VENV:-.venv}
+SIM_PORT=${SIM_PORT:-8089}
+
+configured() {
+  [[ -n "${!1:-}" ]] || grep -qs "^$1=" .env
+}
+
+if ! configured CANCELLER_DIALNEXA_BASE_URL && ! configured CANCELLER_DIALNEXA_API_KEY; then
+  "$VENV/bin/dialnexa-simulator" --host 127.0.0.1 --port "$SIM_PORT" &
+  sim_pid=$!
+  trap 'kill $sim_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$SIM_PORT/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  export CANCELLER_DIALNEXA_BASE_URL="http://127.0.0.1:$SIM_PORT/v1"
+  export CANCELLER_DIALNEXA_API_KEY="sim_key:sim_secret"
+  cat >&2 <<BANNER
+
+  ############################################################################
+  ##  NO DIALNEXA API CONFIGURED: using the bundled DialNexa SIMULATOR at    ##
+  ##  $CANCELLER_DIALNEXA_BASE_URL (nothing real is cancelled).       ##
+  ##  Set CANCELLER_DIALNEXA_BASE_URL and CANCELLER_DIALNEXA_API_KEY to use  ##
+  ##  the real API.                                                          ##
+  ############################################################################
+
+BANNER
+fi
+export CANCELLER_LOG_FORMAT=${CANCELLER_LOG_FORMAT:-console}
+"$VENV/bin/workflow-canceller" run
