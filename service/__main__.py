@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY
@@ -47,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format, secrets=_secrets(settings))
-    asyncio.run(_serve(settings))
+    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+        runner.run(_serve(settings))
     return EXIT_OK
+
+
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when chosen (measured faster, docs/benchmarks.md), else asyncio's default loop."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 if __name__ == "__main__":

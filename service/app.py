@@ -10,15 +10,18 @@ import asyncio
 import signal
 from contextlib import AsyncExitStack
 
+import httpx
 import stamina.instrumentation
 import structlog
 from prometheus_client import CollectorRegistry
 
+from .capacity import Capacity, Slots, TerminalCache
 from .config import Settings
 from .consumer import Worker
-from .dialnexa import DialNexaClient, build_http_client
+from .dialnexa import DialNexaClient, RateLimit, build_http_client, build_transport
 from .health import Readiness, build_app, start_server
 from .metrics import Metrics
+from .pacing import Pacer
 
 log = structlog.get_logger("workflow_canceller.app")
 
@@ -37,6 +40,30 @@ def retry_hook(metrics: Metrics) -> stamina.instrumentation.RetryHook:
         )
 
     return on_retry
+
+
+def build_capacity(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Capacity:
+    """The DialNexa client with its pacer, in-flight slots and terminal cache."""
+    pacer = Pacer(
+        reserve_share=settings.complaint_reserved_budget,
+        max_rps=settings.dialnexa_max_rps,
+        reorder_slack=settings.concurrency,
+    )
+
+    def on_rate_limit(info: RateLimit) -> None:
+        pacer.observe(info)
+        if info.remaining is not None:
+            metrics.rate_limit_remaining.set(info.remaining)
+        metrics.pace.set(pacer.pace_rps() or 0.0)
+
+    client = DialNexaClient(http, metrics, on_rate_limit=on_rate_limit)
+    return Capacity(
+        client,
+        pacer,
+        Slots(settings.concurrency, settings.reserved_slots),
+        TerminalCache(settings.terminal_cache_size, settings.terminal_cache_ttl_s),
+        metrics,
+    )
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -64,16 +91,20 @@ async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Eve
             connect_timeout_s=settings.http_connect_timeout_s,
             read_timeout_s=settings.http_read_timeout_s,
             max_connections=settings.concurrency,
+            transport=build_transport(settings.http_transport, settings.concurrency),
         )
         stack.push_async_callback(http.aclose)
         runner = await start_server(build_app(readiness, registry), settings.http_host, settings.http_port)
         stack.push_async_callback(runner.cleanup)
-        worker = Worker(settings, DialNexaClient(http, metrics), metrics, readiness)
+        worker = Worker(settings, build_capacity(settings, http, metrics), metrics, readiness)
         log.info(
             "service.started",
             http_port=settings.http_port,
             dialnexa_base_url=str(settings.dialnexa_base_url),
             concurrency=settings.concurrency,
+            reserved_slots=settings.reserved_slots,
+            http_transport=settings.http_transport,
+            event_loop=settings.event_loop,
             retry_delays_s=list(settings.retry_delays),
         )
         await worker.run(stop)

@@ -49,8 +49,23 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     # --- capacity -----------------------------------------------------------------------------
-    # At most this many DialNexa requests in flight per process; also the prefetch of each queue.
+    # At most this many DialNexa requests in flight per process. At the observed limit (150 per
+    # 60 s) and a few hundred ms per call one or two are busy (Little's law); 16 leaves room for
+    # slow answers and a larger key without letting a burst outrun the pacer. Each input queue's
+    # prefetch is twice this, so the next messages are at hand while the current ones publish.
     concurrency: int = Field(default=16, ge=1, le=1_000)
+    # In-flight slots only complaint work may take (default: an eighth of concurrency, at least 1).
+    complaint_reserved_slots: int | None = Field(default=None, ge=0)
+    # Share of every rate-limit window that campaign work leaves to complaints.
+    complaint_reserved_budget: float = Field(default=0.05, ge=0, le=0.5)
+    # Optional static cap on DialNexa requests per second per process (both lanes).
+    dialnexa_max_rps: float | None = Field(default=None, gt=0)
+    # Workflows known terminal (2xx or 409) are not called again for this long.
+    terminal_cache_size: int = Field(default=20_000, ge=0, le=10_000_000)
+    terminal_cache_ttl_s: PositiveSeconds = 900.0
+    # The HTTP transport under httpx's API, and the event loop: chosen by measurement.
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_body_bytes: int = Field(default=512 * 1024, ge=1_024, le=64 * 1024 * 1024)
 
     # --- DialNexa calls -----------------------------------------------------------------------
@@ -137,6 +152,18 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         """Accept `debug` as well as `DEBUG`."""
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def reserved_slots(self) -> int:
+        """In-flight slots kept for complaints (never all of them)."""
+        if self.complaint_reserved_slots is not None:
+            return min(self.complaint_reserved_slots, self.concurrency - 1)
+        return min(max(1, self.concurrency // 8), self.concurrency - 1)
+
+    @property
+    def prefetch(self) -> int:
+        """Unacked messages per input queue."""
+        return self.concurrency * 2
 
     @property
     def input_queues(self) -> dict[str, str]:

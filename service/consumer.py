@@ -26,11 +26,19 @@ import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from . import topology
+from .capacity import Capacity
 from .config import Settings
-from .dialnexa import AuthError, CancelResult, DialNexaClient, DialNexaError, RejectedError
-from .events import InboundEvent, InvalidEvent, parse, peek_type, trigger_of, workflow_cancelled
+from .dialnexa import AuthError, CancelResult, DialNexaError, RejectedError
+from .events import (
+    COMPLAINT_RECEIVED,
+    InboundEvent,
+    InvalidEvent,
+    parse,
+    peek_type,
+    trigger_of,
+    workflow_cancelled,
+)
 from .handler import (
-    CancelApi,
     Completed,
     CredentialsRejected,
     DeadLetter,
@@ -122,18 +130,6 @@ def _int(value: object) -> int:
         return 0
 
 
-class GatedApi:
-    """At most `slots` DialNexa calls in flight across every message of this process."""
-
-    def __init__(self, api: CancelApi, slots: int) -> None:
-        self._api = api
-        self._gate = asyncio.Semaphore(slots)
-
-    async def cancel(self, workflow_id: str) -> CancelResult:
-        async with self._gate:
-            return await self._api.cancel(workflow_id)
-
-
 # --- the worker ----------------------------------------------------------------------------------
 
 
@@ -141,13 +137,13 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        api: DialNexaClient,
+        capacity: Capacity,
         metrics: Metrics,
         readiness: Readiness,
     ) -> None:
         self._settings = settings
-        self._api = api
-        self._gated = GatedApi(api, settings.concurrency)
+        self._api = capacity.client
+        self._capacity = capacity
         self._metrics = metrics
         self._readiness = readiness
         self._policy = RetryPolicy(
@@ -234,7 +230,7 @@ class Worker:
         channel.close_callbacks.add(closed)
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(closed)  # e.g. the queue was deleted
-        await channel.set_qos(prefetch_count=self._settings.concurrency)
+        await channel.set_qos(prefetch_count=self._settings.prefetch)
         return await channel.get_queue(name, ensure=False)
 
     async def _consume(self, queues: list[AbstractQueue], publisher: Publisher) -> list[str]:
@@ -243,7 +239,7 @@ class Worker:
             callback = partial(self._on_message, publisher=publisher, queue=queue.name)
             tags.append(await queue.consume(callback))
             self._readiness.consuming(queue.name, True)
-        log.info("consumer.started", prefetch=self._settings.concurrency)
+        log.info("consumer.started", prefetch=self._settings.prefetch)
         return tags
 
     async def _cancel(self, queues: list[AbstractQueue], tags: list[str]) -> None:
@@ -349,7 +345,7 @@ class Worker:
         try:
             outcome = await handle(
                 event,
-                self._gated,
+                self._capacity.lane("complaint" if event.type == COMPLAINT_RECEIVED else "campaign"),
                 partial(self._emit, publisher, event),
                 policy=self._policy,
                 attempt=delivery.attempt,

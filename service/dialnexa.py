@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -168,6 +169,20 @@ def status_error(response: httpx.Response, now: float) -> StatusError:
     return RejectedError(code, message)
 
 
+def build_transport(kind: Literal["aiohttp", "httpx"], max_connections: int) -> httpx.AsyncBaseTransport:
+    """The HTTP transport under httpx's API, chosen by measurement (docs/benchmarks.md).
+
+    `aiohttp` (httpx-aiohttp) serves several times the requests per second of httpx's default
+    transport on the same loop; `httpx` stays available as a one-word switch.
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if kind == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(limits=limits)
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
 def build_http_client(
     *,
     base_url: str,
@@ -194,9 +209,15 @@ def build_http_client(
 class DialNexaClient:
     """The calls this service makes, over one injected `httpx.AsyncClient`."""
 
-    def __init__(self, http: httpx.AsyncClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
+        on_rate_limit: Callable[[RateLimit], None] | None = None,
+    ) -> None:
         self._http = http
         self._metrics = metrics
+        self._on_rate_limit = on_rate_limit
         self.last_rate_limit: RateLimit | None = None
 
     async def cancel(self, workflow_id: str) -> CancelResult:
@@ -226,7 +247,9 @@ class DialNexaClient:
             self._observe(operation, type(error).__name__, started)
             raise TransportError(f"{type(error).__name__}: {error}"[:200]) from error
         self._observe(operation, str(response.status_code), started)
-        self.last_rate_limit = parse_rate_limit(response.headers, time.time())
+        self.last_rate_limit = rate = parse_rate_limit(response.headers, time.time())
+        if self._on_rate_limit is not None:
+            self._on_rate_limit(rate)
         return response
 
     def _observe(self, operation: str, status: str, started: float) -> None:

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # One event can hold 1,000 workflows drained at the API's rate limit: up to many minutes.
 _EVENT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# Waiting for a slot and the pacer: none at all up to a whole rate-limit window.
+_WAIT_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,11 @@ class Metrics:
     ready: Gauge
     credentials_valid: Gauge
     broker_reconnects: Counter
+    inflight_requests: Gauge
+    limiter_wait: Histogram
+    pace: Gauge
+    rate_limit_remaining: Gauge
+    terminal_cache_hits: Counter
 
     @classmethod
     def build(cls, registry: CollectorRegistry) -> Metrics:
@@ -121,6 +128,35 @@ class Metrics:
             broker_reconnects=Counter(
                 "canceller_broker_reconnects_total",
                 "Broker connections lost or refused, each followed by a reconnect attempt.",
+                registry=registry,
+            ),
+            inflight_requests=Gauge(
+                "canceller_inflight_requests",
+                "DialNexa requests in flight, by lane (complaint or campaign).",
+                ["lane"],
+                registry=registry,
+            ),
+            limiter_wait=Histogram(
+                "canceller_limiter_wait_seconds",
+                "Time a DialNexa call waited for an in-flight slot and the rate pacer, by lane.",
+                ["lane"],
+                buckets=_WAIT_BUCKETS_S,
+                registry=registry,
+            ),
+            pace=Gauge(
+                "canceller_dialnexa_pace_rps",
+                "Current pace of campaign calls from the rate-limit headers (requests/s; 0 when unpaced).",
+                registry=registry,
+            ),
+            rate_limit_remaining=Gauge(
+                "canceller_dialnexa_rate_limit_remaining",
+                "X-RateLimit-Remaining of the latest DialNexa answer (the key's budget left in its window).",
+                registry=registry,
+            ),
+            terminal_cache_hits=Counter(
+                "canceller_terminal_cache_hits_total",
+                "Cancel calls saved because the workflow was already known to be terminal, by lane.",
+                ["lane"],
                 registry=registry,
             ),
         )

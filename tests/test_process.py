@@ -23,6 +23,8 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that configures a worker process exactly like `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
     for field, value in settings.model_dump().items():
+        if value is None:
+            continue
         if isinstance(value, tuple):
             text = ",".join(str(v) for v in value)
         elif hasattr(value, "get_secret_value"):
