@@ -4,9 +4,11 @@
 
 Checks that deploy/grafana/dashboard.json parses and has the structure Grafana provisioning needs
 (uid, title, schemaVersion, the data source variable, panels with unique ids and a valid grid
-position, every query panel with targets that use the ${datasource} variable), that it has the
-rows and the metrics issue 4 asks for (including the "Pacing and limiter" row with its text
-panel), and that the provisioning files parse and point where docker-compose.yml mounts things.
+position, no overlapping panels, every query panel with targets that use the ${datasource}
+variable), that it has the rows and the metrics issue 4 asks for, that the "Pacing and limiter" row
+has queries for each pacing view (limiter wait, in-flight requests and terminal cache hits by lane,
+the pace, the request rate and its 429 share, rate-limit remaining), and that the provisioning
+files parse and point where docker-compose.yml mounts things.
 
 With --promql-out, writes every dashboard query and the KEDA trigger query (Grafana variables
 replaced by fixed values) as recording rules to FILE, so that `promtool check rules FILE` proves
@@ -53,6 +55,18 @@ REQUIRED_METRICS = {
     "readiness": "canceller_ready",
     "broker reconnects": "canceller_broker_reconnects_total",
 }
+PACING_ROW = "Pacing and limiter"
+# What the pacing row shows, as a pattern one of the row's queries must match.
+_BY_LANE = r"\bby \([^)]*\blane\b[^)]*\).*"
+PACING_VIEWS = {
+    "limiter wait by lane": _BY_LANE + r"\bcanceller_limiter_wait_seconds_bucket\b",
+    "pace": r"\bcanceller_dialnexa_pace_rps\b",
+    "actual request rate": r"\bcanceller_dialnexa_requests_total\b",
+    "share answered 429": r'\bcanceller_dialnexa_requests_total\{[^}]*status_code="429"',
+    "rate-limit remaining": r"\bcanceller_dialnexa_rate_limit_remaining\b",
+    "in-flight requests by lane": _BY_LANE + r"\bcanceller_inflight_requests\b",
+    "terminal cache hits by lane": _BY_LANE + r"\bcanceller_terminal_cache_hits_total\b",
+}
 # Grafana's variables, replaced by fixed values so that promtool can parse the queries.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
@@ -92,7 +106,7 @@ def check_dashboard(dashboard: dict[str, Any]) -> list[str]:
         problems.append("panel ids are missing or not unique")
     rows: list[str] = []
     current_row = ""
-    text_in_pacing = False
+    row_exprs: dict[str, list[str]] = {}
     for panel in panels:
         title = panel.get("title", "")
         where = f"panel {panel.get('id')} ({title!r})"
@@ -109,7 +123,6 @@ def check_dashboard(dashboard: dict[str, Any]) -> list[str]:
         if not title:
             problems.append(f"{where}: no title")
         if kind == "text":
-            text_in_pacing = text_in_pacing or current_row == "Pacing and limiter"
             if not panel.get("options", {}).get("content"):
                 problems.append(f"{where}: text panel without content")
             continue
@@ -123,6 +136,7 @@ def check_dashboard(dashboard: dict[str, Any]) -> list[str]:
                 problems.append(f"{where}: a target without expr or refId")
             if target.get("datasource", {}).get("uid") != DATASOURCE:
                 problems.append(f"{where}: a target's data source is not {DATASOURCE}")
+            row_exprs.setdefault(current_row, []).append(target.get("expr", ""))
     boxes = [(p.get("id"), p.get("gridPos", {})) for p in panels]
     for index, (id_a, a) in enumerate(boxes):
         for id_b, b in boxes[index + 1 :]:
@@ -136,8 +150,9 @@ def check_dashboard(dashboard: dict[str, Any]) -> list[str]:
     for row in REQUIRED_ROWS:
         if row not in rows:
             problems.append(f"missing row {row!r}")
-    if not text_in_pacing:
-        problems.append("row 'Pacing and limiter' has no text panel")
+    for view, pattern in PACING_VIEWS.items():
+        if not any(re.search(pattern, expr) for expr in row_exprs.get(PACING_ROW, [])):
+            problems.append(f"row {PACING_ROW!r} has no panel for {view}")
     exprs = " ".join(expressions(dashboard))
     for view, metric in REQUIRED_METRICS.items():
         if not re.search(rf"\b{re.escape(metric)}\b", exprs):
