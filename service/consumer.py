@@ -1,9 +1,9 @@
-"""Broker glue: connect, declare, consume, run the core per message, and settle each message.
+"""Broker glue: connect, declare, consume, and supervise the session.
 
-`Worker._settle` is the one place that turns an `Outcome` into ack, retry, dead-letter or requeue.
-`Worker.run` supervises the connection: it reconnects with capped backoff when the broker goes
-away, pauses consumption while DialNexa rejects our credentials (probing until the key works),
-and on stop cancels the consumers, drains in-flight messages for a bounded time and closes.
+`Worker.run` reconnects with capped, jittered backoff when the broker goes away, pauses
+consumption while DialNexa rejects our credentials (probing until the key works), and on stop
+cancels the consumers, drains in-flight messages for a bounded time and closes. Each message is
+handed to the `Processor` in a task of its own, tracked for the drain.
 """
 
 from __future__ import annotations
@@ -13,14 +13,10 @@ import contextlib
 import random
 import socket
 import time
-from collections import Counter
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import aio_pika
-import aiormq
 import stamina
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
@@ -28,109 +24,13 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQu
 from . import topology
 from .capacity import Capacity
 from .config import Settings
-from .dialnexa import AuthError, CancelResult, DialNexaError, RejectedError
-from .events import (
-    COMPLAINT_RECEIVED,
-    InboundEvent,
-    InvalidEvent,
-    parse,
-    peek_type,
-    trigger_of,
-    workflow_cancelled,
-)
-from .handler import (
-    Completed,
-    CredentialsRejected,
-    DeadLetter,
-    Outcome,
-    PublishRefused,
-    RetryLater,
-    RetryPolicy,
-    handle,
-)
+from .dialnexa import AuthError, DialNexaError, RejectedError
 from .health import Readiness
 from .metrics import Metrics
-from .publisher import HeaderValue, Publisher
-
-HEADER_REASON = "x-canceller-reason"
-HEADER_ERROR = "x-canceller-error"
-HEADER_ATTEMPTS = "x-canceller-attempts"
-HEADER_DONE = "x-canceller-done"
-HEADER_FIRST_SEEN = "x-canceller-first-seen-ms"
-HEADER_QUEUE = topology.HEADER_QUEUE
+from .processing import BROKER_ERRORS, SESSION_ERRORS, BrokerLost, Processor, short
+from .publisher import Publisher
 
 log = structlog.get_logger("workflow_canceller.consumer")
-
-
-class BrokerLost(Exception):
-    """The connection, a channel or a consumer went away: start a new session."""
-
-
-BROKER_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aio_pika.exceptions.AMQPException,
-    OSError,  # ConnectionError is one
-    TimeoutError,
-)
-SESSION_ERRORS = (BrokerLost, *BROKER_ERRORS)
-
-
-# --- retry state carried in headers ------------------------------------------------------------
-
-
-def encode_done(done: frozenset[int], total: int) -> str:
-    """`<total>:<hex bitmap>` of the workflow indexes already settled."""
-    bits = 0
-    for index in done:
-        bits |= 1 << index
-    return f"{total}:{bits:x}"
-
-
-def decode_done(value: object, total: int) -> frozenset[int]:
-    """The settled indexes, or none when the header is absent or was written for another body."""
-    if not isinstance(value, str | bytes):
-        return frozenset()
-    text = value.decode() if isinstance(value, bytes) else value
-    count, _, bitmap = text.partition(":")
-    try:
-        if int(count) != total:
-            return frozenset()
-        bits = int(bitmap, 16)
-    except ValueError:
-        return frozenset()
-    return frozenset(i for i in range(total) if bits >> i & 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What the headers of one delivery say about earlier attempts."""
-
-    attempt: int
-    first_seen_ms: int
-    done_header: object
-
-    @classmethod
-    def of(cls, message: AbstractIncomingMessage, now_ms: int) -> Delivery:
-        headers = message.headers or {}
-        # Retry state is trusted only on our own retry copies (they name their queue); a message
-        # replayed from the DLQ starts afresh.
-        if HEADER_QUEUE not in headers:
-            return cls(attempt=1, first_seen_ms=now_ms, done_header=None)
-        return cls(
-            attempt=_int(headers.get(HEADER_ATTEMPTS)) + 1,
-            first_seen_ms=_int(headers.get(HEADER_FIRST_SEEN)) or now_ms,
-            done_header=headers.get(HEADER_DONE),
-        )
-
-
-def _int(value: object) -> int:
-    try:
-        return int(str(value))
-    except (TypeError, ValueError):
-        return 0
-
-
-# --- the worker ----------------------------------------------------------------------------------
 
 
 class Worker:
@@ -143,20 +43,15 @@ class Worker:
     ) -> None:
         self._settings = settings
         self._api = capacity.client
-        self._capacity = capacity
         self._metrics = metrics
         self._readiness = readiness
-        self._policy = RetryPolicy(
-            broker_delays_s=settings.retry_delays,
-            call_attempts=settings.call_attempts,
-            call_budget_s=settings.call_retry_budget_s,
-            backoff_initial_s=settings.call_backoff_initial_s,
-            backoff_max_s=settings.call_backoff_max_s,
-            max_retry_after_wait_s=settings.max_retry_after_wait_s,
-        )
+        self._processor = Processor(settings, capacity, metrics, broker_trouble=self._broker_trouble)
         self._inflight: set[asyncio.Task[None]] = set()
-        self._credentials_rejected = asyncio.Event()
         self._lost = asyncio.Event()  # replaced at every session
+
+    def _broker_trouble(self) -> None:
+        """A message could not be settled: end this session; the broker redelivers what is unacked."""
+        self._lost.set()
 
     # --- supervision -------------------------------------------------------------------------
 
@@ -172,7 +67,7 @@ class Worker:
                 self._metrics.broker_reconnects.inc()
                 if time.monotonic() - connected_at > 30:
                     backoff_s = self._settings.reconnect_initial_s
-                log.warning("broker.lost", error=_short(error), retry_in_s=round(backoff_s, 2))
+                log.warning("broker.lost", error=short(error), retry_in_s=round(backoff_s, 2))
                 await _wait_for(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
                 backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
 
@@ -191,7 +86,7 @@ class Worker:
             log.info("broker.connected", queues=list(settings.input_queues))
             while True:
                 tags = await self._consume(queues, publisher)
-                woke = await _first(stop, lost, self._credentials_rejected)
+                woke = await _first(stop, lost, self._processor.credentials_rejected)
                 if woke is lost:
                     raise BrokerLost("connection or channel closed")
                 await self._cancel(queues, tags)
@@ -199,7 +94,9 @@ class Worker:
                     await self._drain()
                     return
                 if not await self._wait_for_credentials(stop, lost):
-                    continue  # stop or loss: the loop notices on the next wake-up
+                    if lost.is_set():
+                        raise BrokerLost("connection or channel closed while paused")
+                    return  # stopped while paused: nothing is in flight
         finally:
             self._readiness.stopped()
             await self._abandon_inflight()
@@ -261,7 +158,7 @@ class Worker:
             probe.cancel()
         if woke is not probe:
             return False
-        self._credentials_rejected.clear()
+        self._processor.credentials_rejected.clear()
         self._metrics.credentials_valid.set(1)
         self._readiness.resume()
         log.info("consumer.resumed", reason="credentials_accepted")
@@ -303,177 +200,15 @@ class Worker:
         if tasks:
             await asyncio.wait(tasks)
 
-    # --- one message -----------------------------------------------------------------------------
-
     async def _on_message(
         self, message: AbstractIncomingMessage, *, publisher: Publisher, queue: str
     ) -> None:
-        task = asyncio.create_task(self._process(message, publisher, queue))
+        task = asyncio.create_task(self._processor.process(message, publisher, queue))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _process(self, message: AbstractIncomingMessage, publisher: Publisher, queue: str) -> None:
-        started = time.perf_counter()
-        delivery = Delivery.of(message, int(time.time() * 1000))
-        self._metrics.inflight_events.inc()
-        structlog.contextvars.bind_contextvars(message_id=message.message_id, attempt=delivery.attempt)
-        try:
-            event, outcome = await self._outcome_of(message, publisher, delivery)
-            result = await self._settle(message, outcome, publisher, queue, delivery)
-        except asyncio.CancelledError:
-            log.info("event.abandoned", reason="shutdown_or_broker_loss")
-            raise
-        except SESSION_ERRORS as error:
-            log.warning("event.unsettled", error=_short(error), note="reconnecting; the broker redelivers it")
-            self._lost.set()
-            return
-        finally:
-            self._metrics.inflight_events.dec()
-        self._observe(message, event, outcome, result, delivery, started)
-
-    async def _outcome_of(
-        self, message: AbstractIncomingMessage, publisher: Publisher, delivery: Delivery
-    ) -> tuple[InboundEvent | None, Outcome]:
-        try:
-            event = parse(message.body, message.content_type, self._settings.max_body_bytes)
-        except InvalidEvent as error:
-            self._metrics.events_received.labels(peek_type(message.body)).inc()
-            return None, DeadLetter("invalid", str(error))
-        self._metrics.events_received.labels(event.type).inc()
-        structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
-        done = decode_done(delivery.done_header, len(event.data.workflow_ids))
-        try:
-            outcome = await handle(
-                event,
-                self._capacity.lane("complaint" if event.type == COMPLAINT_RECEIVED else "campaign"),
-                partial(self._emit, publisher, event),
-                policy=self._policy,
-                attempt=delivery.attempt,
-                done=done,
-                parallel=self._settings.concurrency,
-            )
-        except Exception as error:  # a bug must not crash the worker: retry, then DLQ
-            leaves = _leaves(error)
-            if any(isinstance(leaf, BROKER_ERRORS) for leaf in leaves):
-                raise BrokerLost("publishing failed") from error
-            log.error("event.internal_error", error=_short(leaves[0]), exc_info=leaves[0])
-            text = f"internal error: {type(leaves[0]).__name__}"
-            delay = self._policy.broker_delay(delivery.attempt, None)
-            if delay is None:
-                return event, DeadLetter("exhausted", text)
-            return event, RetryLater(delay, done, text, total=len(event.data.workflow_ids))
-        return event, outcome
-
-    def _observe(
-        self,
-        message: AbstractIncomingMessage,
-        event: InboundEvent | None,
-        outcome: Outcome,
-        result: str,
-        delivery: Delivery,
-        started: float,
-    ) -> None:
-        """Metrics and the one summary log line of a settled message."""
-        metrics = self._metrics
-        event_type = event.type if event else peek_type(message.body)
-        duration_s = time.perf_counter() - started
-        metrics.events_processed.labels(event_type, result).inc()
-        metrics.event_processing_duration.labels(event_type).observe(duration_s)
-        counts: Counter[str] = Counter(r.outcome for r in outcome.results)
-        failed = outcome.failed if isinstance(outcome, DeadLetter) else 0
-        if failed:
-            counts["failed"] = failed
-        for name, count in counts.items():
-            metrics.workflow_cancellations.labels(event_type, name).inc(count)
-        if event is not None and isinstance(outcome, Completed):
-            born_s = event.time.timestamp() if event.time else delivery.first_seen_ms / 1000
-            metrics.event_age.labels(event_type).observe(max(0.0, time.time() - born_s))
-        log.info(
-            "event.settled",
-            event_type=event_type,
-            result=result,
-            reason=getattr(outcome, "reason", None),
-            error=getattr(outcome, "error", None),
-            workflows=len(event.data.workflow_ids) if event else 0,
-            duration_ms=round(duration_s * 1000, 1),
-            **counts,
-        )
-        structlog.contextvars.clear_contextvars()
-
-    async def _emit(self, publisher: Publisher, event: InboundEvent, result: CancelResult) -> None:
-        if result.outcome == "not_found":  # the core never emits these; nothing to publish
-            return
-        confirmed_at = datetime.now(UTC)
-        body = workflow_cancelled(
-            workflow_id=result.workflow_id,
-            outcome=result.outcome,
-            status=result.status,
-            trigger=trigger_of(event),
-            source=self._settings.event_source,
-            confirmed_at=confirmed_at,
-        )
-        await publisher.workflow_cancelled(body, result.workflow_id, confirmed_at)
-        self._metrics.events_published.labels("workflow-cancelled").inc()
-        log.debug("workflow.published", workflow_id=result.workflow_id, outcome=result.outcome)
-
-    async def _settle(
-        self,
-        message: AbstractIncomingMessage,
-        outcome: Outcome,
-        publisher: Publisher,
-        queue: str,
-        delivery: Delivery,
-    ) -> str:
-        """The one place an outcome becomes ack / retry / dead-letter / requeue."""
-        try:
-            match outcome:
-                case Completed():
-                    await message.ack()
-                    return "acked"
-                case RetryLater(delay_s=delay_s, done=done, error=error):
-                    headers: dict[str, HeaderValue] = {
-                        HEADER_QUEUE: queue,
-                        HEADER_ATTEMPTS: delivery.attempt,
-                        HEADER_FIRST_SEEN: delivery.first_seen_ms,
-                        HEADER_ERROR: error,
-                        HEADER_DONE: encode_done(done, outcome.total),
-                    }
-                    await publisher.to_delay_queue(
-                        message, topology.delay_queue_for(self._settings, delay_s), headers
-                    )
-                    await message.ack()
-                    return "retried"
-                case DeadLetter(reason=reason, error=error):
-                    await publisher.to_dead_letter(
-                        message,
-                        {HEADER_REASON: reason, HEADER_ERROR: error, HEADER_ATTEMPTS: delivery.attempt},
-                    )
-                    await message.ack()
-                    self._metrics.dead_lettered.labels(reason).inc()
-                    return "dead_lettered"
-                case CredentialsRejected():
-                    await message.nack(requeue=True)
-                    self._credentials_rejected.set()
-                    return "requeued"
-        except PublishRefused as error:
-            log.error("event.settle_refused", error=str(error))
-            await message.nack(requeue=True)
-            return "requeued"
-        raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
-
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    """The plain exceptions inside (possibly nested) exception groups."""
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
-    return [error]
-
-
-def _short(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:200]
 
 
 async def _wait_for(event: asyncio.Event, timeout_s: float) -> None:
@@ -501,4 +236,4 @@ async def _close_quietly(connection: AbstractConnection) -> None:
     try:
         await asyncio.wait_for(connection.close(), 5)
     except (*BROKER_ERRORS, RuntimeError) as error:  # closing twice is harmless
-        log.debug("broker.close_failed", error=_short(error))
+        log.debug("broker.close_failed", error=short(error))

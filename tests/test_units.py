@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service import logs
 from service.config import Settings, describe_errors
-from service.consumer import decode_done, encode_done
+from service.retries import decode_done, encode_done
 from service.topology import delay_queue_for
 
 

@@ -357,3 +357,23 @@ async def test_broker_connections_closed_mid_stream(
     assert all(sim.workflows[wf] == "cancelled" for wf in ids)
     assert await broker.depth(worker.settings.campaign_queue) == 0
     assert worker.metric("canceller_dead_lettered_total", reason="exhausted") == 0
+
+
+async def test_stop_while_paused_returns_and_keeps_the_message(
+    simulator: Any, broker: BrokerProbe, start_worker: Any
+) -> None:
+    """A stop during a credentials pause ends the worker promptly; the message stays in its queue."""
+    sim, _ = simulator
+    worker = await start_worker()
+    sim.config.api_key = "sim_key:rotated"
+    await broker.publish(campaign(wf_ids(1)))
+    await wait_until(lambda: worker.metric("canceller_dialnexa_credentials_valid") == 0, what="paused")
+    await worker.stop()
+    assert worker.task is not None and worker.task.done() and worker.task.exception() is None
+    await wait_until(lambda: _depth(broker, worker.settings.campaign_queue, 1), what="message kept")
+    assert broker.outputs == []
+
+
+async def _depth(broker: BrokerProbe, queue: str, expected: int) -> bool:
+    """Whether `queue` holds exactly `expected` ready messages."""
+    return await broker.depth(queue) == expected
