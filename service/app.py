@@ -37,6 +37,7 @@ def retry_hook(metrics: Metrics) -> stamina.instrumentation.RetryHook:
             retry_num=details.retry_num,
             wait_s=round(details.wait_for, 3),
             error=str(details.caused_by)[:200],
+            workflow_id=getattr(details.caused_by, "workflow_id", None),
         )
 
     return on_retry

@@ -34,7 +34,9 @@ _EPOCH_THRESHOLD_S = 1_000_000.0
 
 
 class DialNexaError(Exception):
-    """Base of every error the client raises."""
+    """Base of every error the client raises; `workflow_id` names the call's workflow, if any."""
+
+    workflow_id: str | None = None
 
 
 class TransportError(DialNexaError):
@@ -222,7 +224,11 @@ class DialNexaClient:
 
     async def cancel(self, workflow_id: str) -> CancelResult:
         """POST workflows/{id}/cancel. Returns the outcome or raises a `DialNexaError`."""
-        response = await self._send("cancel", "POST", f"workflows/{workflow_id}/cancel")
+        try:
+            response = await self._send("cancel", "POST", f"workflows/{workflow_id}/cancel")
+        except DialNexaError as error:
+            error.workflow_id = workflow_id
+            raise
         code = response.status_code
         if 200 <= code < 300:
             return CancelResult(workflow_id, "cancelled", _status_of(unwrap(_json(response))) or "cancelled")
@@ -230,7 +236,9 @@ class DialNexaClient:
             return CancelResult(workflow_id, "already_terminal", _status_of(unwrap(_json(response))))
         if code == 404:
             return CancelResult(workflow_id, "not_found")
-        raise status_error(response, time.time())
+        failure = status_error(response, time.time())
+        failure.workflow_id = workflow_id
+        raise failure
 
     async def probe(self, workflow_id: str) -> None:
         """GET workflows/{id}: succeeds when the API key is accepted (200 or 404), else raises."""

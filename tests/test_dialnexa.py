@@ -124,6 +124,7 @@ async def test_error_statuses_map_to_the_tree(status: int, error: type[Exception
     with pytest.raises(error) as caught:
         await api.cancel("wf_1")
     assert caught.value.status_code == status  # type: ignore[attr-defined]
+    assert caught.value.workflow_id == "wf_1"  # type: ignore[attr-defined]
 
 
 async def test_validation_message_list_is_joined() -> None:
