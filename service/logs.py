@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
 
+import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
@@ -51,6 +52,11 @@ class Redactor:
         return text
 
 
+def _dumps(obj: Any, **_kwargs: Any) -> str:
+    """orjson: several times faster than the standard library on the per-message summary line."""
+    return orjson.dumps(obj, default=str).decode()
+
+
 def configure(
     level: str,
     fmt: Literal["json", "console"],
@@ -66,7 +72,9 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     out = stream if stream is not None else sys.stdout
     structlog.configure(
