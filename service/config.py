@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     terminal_cache_size: int = Field(default=20_000, ge=0, le=10_000_000)
     terminal_cache_ttl_s: PositiveSeconds = 900.0
     # The HTTP transport under httpx's API, and the event loop: chosen by measurement.
-    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    http_transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_body_bytes: int = Field(default=512 * 1024, ge=1_024, le=64 * 1024 * 1024)
 

@@ -171,17 +171,24 @@ def status_error(response: httpx.Response, now: float) -> StatusError:
     return RejectedError(code, message)
 
 
-def build_transport(kind: Literal["aiohttp", "httpx"], max_connections: int) -> httpx.AsyncBaseTransport:
+HttpTransportKind = Literal["aiohttp", "httpx-aiohttp", "httpx"]
+
+
+def build_transport(kind: HttpTransportKind, max_connections: int) -> httpx.AsyncBaseTransport:
     """The HTTP transport under httpx's API, chosen by measurement (docs/benchmarks.md).
 
-    `aiohttp` (httpx-aiohttp) serves several times the requests per second of httpx's default
-    transport on the same loop; `httpx` stays available as a one-word switch.
+    `aiohttp`: our thin adapter over one aiohttp session (service.transport); `httpx-aiohttp`: the
+    PyPI adapter, which streams bodies; `httpx`: httpx's own transport. Switching is one word.
     """
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     if kind == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
+        from .transport import AiohttpTransport
 
-        return AiohttpTransport(limits=limits)
+        return AiohttpTransport(max_connections)
+    if kind == "httpx-aiohttp":
+        from httpx_aiohttp import AiohttpTransport as StreamingAiohttpTransport
+
+        return StreamingAiohttpTransport(limits=limits)
     return httpx.AsyncHTTPTransport(limits=limits)
 
 

@@ -1,0 +1,88 @@
+"""Every HTTP transport choice behaves the same for the client, over real HTTP to the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from service.dialnexa import (
+    CancelResult,
+    DialNexaClient,
+    HttpTransportKind,
+    ServerError,
+    TransportError,
+    build_http_client,
+    build_transport,
+)
+from service.metrics import Metrics
+from tests.support import free_port
+
+KINDS: list[HttpTransportKind] = ["aiohttp", "httpx-aiohttp", "httpx"]
+
+
+@pytest.fixture(params=KINDS)
+async def client(request: pytest.FixtureRequest, simulator: Any) -> AsyncIterator[DialNexaClient]:
+    """A DialNexa client over each transport, pointed at the simulator, with a short read timeout."""
+    _, base_url = simulator
+    http = build_http_client(
+        base_url=base_url,
+        api_key=SecretStr("sim_key:sim_secret"),
+        connect_timeout_s=1,
+        read_timeout_s=0.5,
+        max_connections=4,
+        transport=build_transport(request.param, 4),
+    )
+    yield DialNexaClient(http, Metrics.build(CollectorRegistry()))
+    await http.aclose()
+
+
+async def test_answers_are_mapped_the_same(client: DialNexaClient, simulator: Any) -> None:
+    """2xx, 409 and 5xx read the same through every transport (wrapped envelope included)."""
+    sim, _ = simulator
+    sim.set_status("wf_done", "completed")
+    sim.script("wf_wrapped", [{"status": 200, "envelope": "wrapped"}])
+    sim.script("wf_flaky", [503])
+    assert await client.cancel("wf_new") == CancelResult("wf_new", "cancelled", "cancelled")
+    assert await client.cancel("wf_wrapped") == CancelResult("wf_wrapped", "cancelled", "cancelled")
+    assert (await client.cancel("wf_done")).outcome == "already_terminal"
+    with pytest.raises(ServerError):
+        await client.cancel("wf_flaky")
+
+
+async def test_dropped_connection_is_a_transport_error(client: DialNexaClient, simulator: Any) -> None:
+    """A connection closed without an answer raises TransportError, and the next call works."""
+    sim, _ = simulator
+    sim.script("wf_drop", ["drop"])
+    with pytest.raises(TransportError):
+        await client.cancel("wf_drop")
+    assert (await client.cancel("wf_drop")).outcome == "cancelled"
+
+
+async def test_slow_answer_is_a_transport_error(client: DialNexaClient, simulator: Any) -> None:
+    """An answer slower than the read timeout raises TransportError."""
+    sim, _ = simulator
+    sim.script("wf_slow", [{"delay_s": 2.0, "status": 200}])
+    with pytest.raises(TransportError):
+        await client.cancel("wf_slow")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_refused_connection_is_a_transport_error(kind: HttpTransportKind) -> None:
+    """Nothing listening: TransportError, not a crash."""
+    http = build_http_client(
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
+        api_key=SecretStr("k:s"),
+        connect_timeout_s=1,
+        read_timeout_s=1,
+        max_connections=1,
+        transport=build_transport(kind, 1),
+    )
+    try:
+        with pytest.raises(TransportError):
+            await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_1")
+    finally:
+        await http.aclose()
