@@ -10,7 +10,6 @@ import asyncio
 import signal
 from contextlib import AsyncExitStack
 
-import httpx
 import stamina.instrumentation
 import structlog
 from prometheus_client import CollectorRegistry
@@ -18,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from .capacity import Capacity, Slots, TerminalCache
 from .config import Settings
 from .consumer import Worker
-from .dialnexa import DialNexaClient, RateLimit, build_http_client, build_transport
+from .dialnexa import DialNexaClient, HttpSession, RateLimit, build_http_client, build_transport
 from .health import Readiness, build_app, start_server
 from .metrics import Metrics
 from .pacing import Pacer
@@ -43,7 +42,7 @@ def retry_hook(metrics: Metrics) -> stamina.instrumentation.RetryHook:
     return on_retry
 
 
-def build_capacity(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> Capacity:
+def build_capacity(settings: Settings, http: HttpSession, metrics: Metrics) -> Capacity:
     """The DialNexa client with its pacer, in-flight slots and terminal cache."""
     pacer = Pacer(
         reserve_share=settings.complaint_reserved_budget,

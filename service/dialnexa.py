@@ -1,4 +1,4 @@
-"""A thin typed client for the DialNexa calls this service makes.
+"""A thin typed client for the DialNexa calls this service makes, over httpx requests.
 
 Every answer becomes either a `CancelResult` or one exception of this tree:
 
@@ -192,6 +192,43 @@ def build_transport(kind: HttpTransportKind, max_connections: int) -> httpx.Asyn
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
+class HttpSession:
+    """The one long-lived line to DialNexa: base URL, default headers, timeouts, one transport.
+
+    Requests are httpx `Request`s handed straight to the httpx transport (so `httpx.MockTransport`
+    serves the unit tests and the transport is chosen by one setting). httpx's `AsyncClient` layer
+    on top (cookie jar, redirects, auth flow, URL merging) took about a third of every call's CPU
+    here and this API needs none of it (docs/benchmarks.md).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        timeout: httpx.Timeout,
+        transport: httpx.AsyncBaseTransport,
+    ) -> None:
+        self._base_url = base_url.rstrip("/") + "/"
+        self._headers = headers
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._transport = transport
+
+    async def request(self, method: str, path: str) -> httpx.Response:
+        """Send one request; the whole answer is read before it is returned."""
+        request = httpx.Request(
+            method, self._base_url + path, headers=self._headers, extensions=self._extensions
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
 def build_http_client(
     *,
     base_url: str,
@@ -200,27 +237,26 @@ def build_http_client(
     read_timeout_s: float,
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """The one long-lived HTTP client: explicit timeouts, pooled connections, bearer auth."""
-    return httpx.AsyncClient(
-        base_url=base_url.rstrip("/") + "/",
+) -> HttpSession:
+    """The one long-lived HTTP session: explicit timeouts, pooled connections, bearer auth."""
+    return HttpSession(
+        base_url,
         headers={
             "Authorization": f"Bearer {api_key.get_secret_value()}",
             "Accept": "application/json",
             "User-Agent": "workflow-canceller",
         },
         timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=read_timeout_s),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        transport=transport,
+        transport=transport or build_transport("aiohttp", max_connections),
     )
 
 
 class DialNexaClient:
-    """The calls this service makes, over one injected `httpx.AsyncClient`."""
+    """The calls this service makes, over one injected `HttpSession`."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: HttpSession,
         metrics: Metrics,
         on_rate_limit: Callable[[RateLimit], None] | None = None,
     ) -> None:

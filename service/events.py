@@ -7,6 +7,7 @@ so a phone number cannot leak through an error text.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -30,6 +31,7 @@ EVENT_TYPES = (CAMPAIGN_ENDED, COMPLAINT_RECEIVED)
 
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 MAX_WORKFLOWS = 1000
+_NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
 ACCEPTED_CONTENT_TYPES = frozenset({"application/json", "application/cloudevents+json"})
 
 WorkflowId = Annotated[str, StringConstraints(pattern=WORKFLOW_ID_PATTERN)]
@@ -143,8 +145,15 @@ def peek_type(body: bytes) -> str:
 
 
 def cancelled_event_id(workflow_id: str, trigger_id: str) -> str:
-    """Deterministic id of the workflow-cancelled event: UUIDv5 (URL namespace) of `wf/trigger`."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{workflow_id}/{trigger_id}"))
+    """Deterministic id of the workflow-cancelled event: UUIDv5 (URL namespace) of `wf/trigger`.
+
+    The same bytes as `uuid.uuid5`, built without the UUID object, which cost more than the hash.
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_URL + f"{workflow_id}/{trigger_id}".encode()).digest()[:16])  # noqa: S324  # UUIDv5 is defined on SHA-1
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def trigger_of(event: InboundEvent) -> dict[str, str]:

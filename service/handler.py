@@ -118,7 +118,18 @@ class _Tally:
 
 
 async def cancel_one(api: CancelApi, workflow_id: str, policy: RetryPolicy) -> CancelResult:
-    """One workflow's cancel call with quick in-process retries (attempts and time both capped)."""
+    """One workflow's cancel call with quick in-process retries (attempts and time both capped).
+
+    The first attempt runs bare: building stamina's retry state costs more than a fast call, and
+    most calls succeed. A retryable first failure is replayed as stamina's first attempt, so its
+    backoff (Retry-After included), caps and hooks apply exactly as if stamina had made the call.
+    """
+    try:
+        return await api.cancel(workflow_id)
+    except DialNexaError as error:
+        if policy.call_attempts <= 1 or policy.backoff_hook(error) is False:
+            raise
+        first_failure: list[DialNexaError] = [error]
     async for attempt in stamina.retry_context(
         on=policy.backoff_hook,
         attempts=policy.call_attempts,
@@ -128,6 +139,8 @@ async def cancel_one(api: CancelApi, workflow_id: str, policy: RetryPolicy) -> C
         wait_jitter=policy.backoff_initial_s,
     ):
         with attempt:
+            if first_failure:
+                raise first_failure.pop()
             return await api.cancel(workflow_id)
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
@@ -172,9 +185,12 @@ async def handle(
             tally.done.add(index)
 
     workers = max(1, min(parallel, len(ids) - len(done)))
-    async with asyncio.TaskGroup() as group:
-        for _ in range(workers):
-            group.create_task(worker())
+    if workers == 1:
+        await worker()  # most events name one workflow: no task group needed
+    else:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(worker())
 
     results = tuple(tally.results)
     if tally.auth:

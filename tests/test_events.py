@@ -147,3 +147,15 @@ def test_workflow_cancelled_body() -> None:
             },
         },
     }
+
+
+def test_cancelled_event_id_matches_the_standard_library() -> None:
+    """The fast UUIDv5 is byte for byte uuid.uuid5 over many odd inputs."""
+    import random
+    import string
+
+    rng = random.Random(7)
+    for _ in range(500):
+        wf = "".join(rng.choices(string.ascii_letters + "_-", k=rng.randint(1, 128)))
+        trigger = "".join(rng.choices(string.printable + "éü✓", k=rng.randint(1, 256)))
+        assert cancelled_event_id(wf, trigger) == str(uuid.uuid5(uuid.NAMESPACE_URL, f"{wf}/{trigger}"))
