@@ -16,6 +16,7 @@ help:
 	@echo "make run        run the worker against the local RabbitMQ (starts the DialNexa simulator if no API is configured)"
 	@echo "make test       install everything, lint, type-check, validate deploy files, run every test"
 	@echo "make test-fast  the unit tests only (no broker)"
+	@echo "make bench      the benchmarks against the local RabbitMQ and the simulator; writes docs/benchmarks.md"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -43,3 +44,6 @@ test-fast: install
 
 run: install broker
 	bash scripts/run-local.sh
+
+bench: install broker
+	$(VENV)/bin/python -m bench

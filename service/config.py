@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     # slow answers and a larger key without letting a burst outrun the pacer. Each input queue's
     # prefetch is twice this, so the next messages are at hand while the current ones publish.
     concurrency: int = Field(default=16, ge=1, le=1_000)
-    # In-flight slots only complaint work may take (default: an eighth of concurrency, at least 1).
-    complaint_reserved_slots: int | None = Field(default=None, ge=0)
+    # In-flight slots only complaint work may take; campaign work may use all the others.
+    complaint_reserved_slots: int = Field(default=1, ge=0)
     # Share of every rate-limit window that campaign work leaves to complaints.
     complaint_reserved_budget: float = Field(default=0.05, ge=0, le=0.5)
     # Optional static cap on DialNexa requests per second per process (both lanes).
@@ -156,9 +156,7 @@ class Settings(BaseSettings):
     @property
     def reserved_slots(self) -> int:
         """In-flight slots kept for complaints (never all of them)."""
-        if self.complaint_reserved_slots is not None:
-            return min(self.complaint_reserved_slots, self.concurrency - 1)
-        return min(max(1, self.concurrency // 8), self.concurrency - 1)
+        return min(self.complaint_reserved_slots, self.concurrency - 1)
 
     @property
     def prefetch(self) -> int:

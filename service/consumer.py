@@ -46,7 +46,7 @@ class Worker:
         self._metrics = metrics
         self._readiness = readiness
         self._processor = Processor(settings, capacity, metrics, broker_trouble=self._broker_trouble)
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._lost = asyncio.Event()  # replaced at every session
 
     def _broker_trouble(self) -> None:
@@ -203,9 +203,14 @@ class Worker:
     async def _on_message(
         self, message: AbstractIncomingMessage, *, publisher: Publisher, queue: str
     ) -> None:
-        task = asyncio.create_task(self._processor.process(message, publisher, queue))
+        """Runs in the task aio-pika starts per delivery; tracked so a drain can wait for it."""
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101  # always inside a task here
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        try:
+            await self._processor.process(message, publisher, queue)
+        finally:
+            self._inflight.discard(task)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -176,15 +176,16 @@ def workflow_cancelled(
     trigger: dict[str, str],
     source: str,
     confirmed_at: datetime,
-) -> bytes:
-    """The body of one `workflow-cancelled` event."""
+) -> tuple[str, bytes]:
+    """The id and body of one `workflow-cancelled` event."""
+    event_id = cancelled_event_id(workflow_id, trigger["event_id"])
     data: dict[str, Any] = {"workflow_id": workflow_id, "outcome": outcome}
     if status is not None:
         data["status"] = status
     data["trigger"] = trigger
     envelope = {
         "specversion": "1.0",
-        "id": cancelled_event_id(workflow_id, trigger["event_id"]),
+        "id": event_id,
         "source": source,
         "type": WORKFLOW_CANCELLED,
         "subject": workflow_id,
@@ -192,4 +193,4 @@ def workflow_cancelled(
         "datacontenttype": "application/json",
         "data": data,
     }
-    return orjson.dumps(envelope)
+    return event_id, orjson.dumps(envelope)

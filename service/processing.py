@@ -188,7 +188,7 @@ class Processor:
         if result.outcome == "not_found":  # the core never emits these; nothing to publish
             return
         confirmed_at = datetime.now(UTC)
-        body = workflow_cancelled(
+        event_id, body = workflow_cancelled(
             workflow_id=result.workflow_id,
             outcome=result.outcome,
             status=result.status,
@@ -196,7 +196,7 @@ class Processor:
             source=self._settings.event_source,
             confirmed_at=confirmed_at,
         )
-        await publisher.workflow_cancelled(body, result.workflow_id, confirmed_at)
+        await publisher.workflow_cancelled(body, event_id, confirmed_at)
         self._metrics.events_published.labels("workflow-cancelled").inc()
         log.debug("workflow.published", workflow_id=result.workflow_id, outcome=result.outcome)
 

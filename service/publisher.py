@@ -7,6 +7,8 @@ only once the broker has confirmed the message, so the input message can be acke
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 
 import aio_pika
@@ -39,16 +41,28 @@ class Publisher:
         self._timeout_s = timeout_s
 
     async def workflow_cancelled(self, body: bytes, event_id: str, confirmed_at: datetime) -> None:
-        """Publish one workflow-cancelled event; `PublishRefused` if the broker cannot take it."""
-        message = aio_pika.Message(
-            body,
+        """Publish one workflow-cancelled event; `PublishRefused` if the broker cannot take it.
+
+        The hot path: the frame properties go straight to the AMQP channel, skipping aio-pika's
+        `Message` object (its per-attribute checks cost more than the publish itself here).
+        """
+        properties = aiormq.spec.Basic.Properties(
             content_type=CLOUDEVENTS_JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=2,  # persistent
             message_id=event_id,
-            type=WORKFLOW_CANCELLED,
+            message_type=WORKFLOW_CANCELLED,
             timestamp=confirmed_at,
         )
-        await self._confirmed(self._output, message, self._output_routing_key)
+        channel = await self._channel.get_underlay_channel()
+        with _refusals(self._output.name, self._output_routing_key):
+            await channel.basic_publish(
+                body,
+                exchange=self._output.name,
+                routing_key=self._output_routing_key,
+                properties=properties,
+                mandatory=True,
+                timeout=self._timeout_s,
+            )
 
     async def to_delay_queue(
         self, original: AbstractIncomingMessage, queue: str, headers: dict[str, HeaderValue]
@@ -63,14 +77,19 @@ class Publisher:
         await self._confirmed(self._dead_letter, _copy(original, headers), original.routing_key or "")
 
     async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
-        try:
+        with _refusals(exchange.name, key):
             await exchange.publish(message, key, mandatory=True, timeout=self._timeout_s)
-        except aiormq.exceptions.PublishError as error:
-            raise PublishRefused(
-                f"unroutable: no queue bound to {exchange.name!r} with key {key!r}"
-            ) from error
-        except aiormq.exceptions.DeliveryError as error:
-            raise PublishRefused(f"broker refused the message ({type(error.frame).__name__})") from error
+
+
+@contextlib.contextmanager
+def _refusals(exchange: str, key: str) -> Iterator[None]:
+    """A returned (unroutable) or nacked publish becomes `PublishRefused`."""
+    try:
+        yield
+    except aiormq.exceptions.PublishError as error:
+        raise PublishRefused(f"unroutable: no queue bound to {exchange!r} with key {key!r}") from error
+    except aiormq.exceptions.DeliveryError as error:
+        raise PublishRefused(f"broker refused the message ({type(error.frame).__name__})") from error
 
 
 def _copy(original: AbstractIncomingMessage, headers: dict[str, HeaderValue]) -> aio_pika.Message:

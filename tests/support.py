@@ -80,6 +80,7 @@ class BrokerProbe:
         self.url = url
         self.names = names
         self.outputs: list[dict[str, Any]] = []
+        self.output_properties: list[tuple[str | None, int | None, str | None]] = []
         self.dead: list[AbstractIncomingMessage] = []
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -116,6 +117,8 @@ class BrokerProbe:
 
     async def _on_output(self, message: AbstractIncomingMessage) -> None:
         self.outputs.append(json.loads(message.body))
+        mode = message.delivery_mode
+        self.output_properties.append((message.content_type, int(mode) if mode else None, message.message_id))
 
     async def publish(
         self,

@@ -117,16 +117,16 @@ def test_workflow_cancelled_body() -> None:
     """The outbound event has every field of the contract."""
     event = parse(body(complaint(["wf_1"])), None, LIMIT)
     at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-    out = json.loads(
-        workflow_cancelled(
-            workflow_id="wf_1",
-            outcome="already_terminal",
-            status="completed",
-            trigger=trigger_of(event),
-            source="urn:test",
-            confirmed_at=at,
-        )
+    event_id, out_body = workflow_cancelled(
+        workflow_id="wf_1",
+        outcome="already_terminal",
+        status="completed",
+        trigger=trigger_of(event),
+        source="urn:test",
+        confirmed_at=at,
     )
+    out = json.loads(out_body)
+    assert event_id == out["id"]
     assert out == {
         "specversion": "1.0",
         "id": cancelled_event_id("wf_1", event.id),

@@ -43,6 +43,8 @@ async def test_campaign_happy_path(simulator: Any, broker: BrokerProbe, start_wo
             "campaign_id": "cmp_1",
         }
     assert all(sim.workflows[i] == "cancelled" for i in ids)
+    assert {(ct, mode) for ct, mode, _ in broker.output_properties} == {("application/cloudevents+json", 2)}
+    assert {mid for _, _, mid in broker.output_properties} == {o["id"] for o in broker.outputs}
     await wait_until(
         lambda: (
             worker.metric("canceller_events_processed_total", event_type="campaign-ended", result="acked")
