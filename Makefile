@@ -29,8 +29,8 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 install: $(VENV)/.synced
 
 lint: install
-	$(VENV)/bin/ruff check service tests scripts deploy/tools
-	$(VENV)/bin/ruff format --check service tests scripts deploy/tools
+	$(VENV)/bin/ruff check service tests scripts deploy/tools bench
+	$(VENV)/bin/ruff format --check service tests scripts deploy/tools bench
 	$(VENV)/bin/mypy --strict service
 
 broker:

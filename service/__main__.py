@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when chosen (measured faster, docs/benchmarks.md), else asyncio's default loop."""
+    """uvloop when chosen (CANCELLER_EVENT_LOOP=uvloop), else asyncio's default loop."""
     if settings.event_loop == "uvloop":
         import uvloop
 

@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     terminal_cache_ttl_s: PositiveSeconds = 900.0
     # The HTTP transport under httpx's API, and the event loop: chosen by measurement.
     http_transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # uvloop measured no clear gain here (docs/benchmarks.md), so asyncio's own loop is the default.
+    event_loop: Literal["uvloop", "asyncio"] = "asyncio"
     max_body_bytes: int = Field(default=512 * 1024, ge=1_024, le=64 * 1024 * 1024)
 
     # --- DialNexa calls -----------------------------------------------------------------------

@@ -1,0 +1,611 @@
+"""Benchmark plumbing: a broker vhost and per-trial names, preloading, the worker / raw-loop /
+simulator processes, RSS sampling and output counting.
+
+Everything binds or connects to loopback only. Every wait is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+from pamqp import commands as spec
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+AMQP_BASE = f"amqp://guest:guest@{HOST}:5672/"
+API_KEY = "sim_key:sim_secret"
+OUTPUT_KEY = "workflow-cancelled"
+
+if str(ROOT) not in sys.path:  # `service` is imported for its topology, so queue arguments match
+    sys.path.insert(0, str(ROOT))
+
+
+class BenchError(Exception):
+    """A trial could not run or finish (the scenario records it and goes on)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+async def run_cmd(*argv: str, timeout_s: float = 60) -> tuple[int, str]:
+    """Run a command; (exit code, stdout+stderr). Code 127 when it is missing or times out."""
+    if shutil.which(argv[0]) is None:
+        return 127, f"{argv[0]} not found"
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 127, "timeout"
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+def summary(values: Iterable[float | None]) -> dict[str, float | int | None]:
+    """Median and min-max of the values that exist."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def write_json(name: str, data: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def campaign_body(ids: list[str], event_id: str) -> bytes:
+    """A campaign-ended CloudEvent (as tests/support.py builds it)."""
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "urn:crm:bench",
+            "type": "campaign-ended",
+            "time": datetime.now(UTC).isoformat(),
+            "data": {"campaign_id": "cmp_bench", "workflow_ids": ids, "reason": "ended"},
+        }
+    ).encode()
+
+
+def complaint_body(ids: list[str], event_id: str) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "urn:crm:bench",
+            "type": "complaint-received",
+            "time": datetime.now(UTC).isoformat(),
+            "data": {
+                "complaint_id": f"cpl_{event_id[-8:]}",
+                "workflow_ids": ids,
+                "lead_id": "lead_bench",
+                "campaign_id": "cmp_bench",
+                "phone_number": "+15555550123",
+            },
+        }
+    ).encode()
+
+
+def single_workflow_events(count: int, tag: str) -> list[bytes]:
+    """`count` campaign-ended events naming one unique workflow each."""
+    return [campaign_body([f"wf_{tag}_{n}"], f"evt_{tag}_{n}") for n in range(count)]
+
+
+# --- broker ------------------------------------------------------------------------------------
+
+
+def names_for(prefix: str) -> dict[str, str]:
+    """Every configurable name of the service (Settings field -> name) under one prefix."""
+    return {
+        "input_exchange": f"{prefix}crm.events",
+        "campaign_queue": f"{prefix}campaign-ended",
+        "complaint_queue": f"{prefix}complaint-received",
+        "output_exchange": f"{prefix}workflow.events",
+        "dead_letter_queue": f"{prefix}dlq",
+        "dead_letter_exchange": f"{prefix}dead-letter",
+        "requeue_exchange": f"{prefix}requeue",
+        "delay_queue_prefix": f"{prefix}delay",
+    }
+
+
+class Broker:
+    """One connection to a vhost of this run's own (or `/` when rabbitmqctl cannot make one)."""
+
+    def __init__(self) -> None:
+        self.vhost: str | None = None
+        self.url = AMQP_BASE
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._probe: aio_pika.abc.AbstractChannel | None = None
+
+    async def open(self) -> None:
+        vhost = f"bench-{uuid.uuid4().hex[:8]}"
+        code, _ = await run_cmd("rabbitmqctl", "-q", "add_vhost", vhost)
+        if code == 0:
+            code, _ = await run_cmd(
+                "rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"
+            )
+            self.vhost, self.url = vhost, AMQP_BASE + vhost
+        self._connection = await aio_pika.connect(self.url, timeout=10)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        if self.vhost is not None:
+            await run_cmd("rabbitmqctl", "-q", "delete_vhost", self.vhost)
+
+    @property
+    def connection(self) -> aio_pika.abc.AbstractConnection:
+        if self._connection is None:
+            raise BenchError("broker not open")
+        return self._connection
+
+    async def server_version(self) -> str:
+        props = getattr(getattr(self.connection, "transport", None), "connection", None)
+        server = getattr(props, "server_properties", {}) or {}
+        version = server.get("version", "")
+        return version.decode() if isinstance(version, bytes) else str(version)
+
+    async def depth(self, queue: str) -> int:
+        """Messages ready in `queue` (passive declare on a long-lived probe channel)."""
+        if self._probe is None or self._probe.is_closed:
+            self._probe = await self.connection.channel()
+        underlay = await self._probe.get_underlay_channel()
+        result = await underlay.queue_declare(queue, passive=True)
+        return int(result.message_count or 0)
+
+    async def preload(self, exchange: str, routing_key: str, bodies: list[bytes], batch: int = 500) -> float:
+        """Publish every body (persistent, confirmed) in batches; returns messages per second.
+
+        Straight through aiormq (aio-pika's Message objects cost about twice as much CPU here)."""
+        started = time.perf_counter()
+        channel = await self.connection.channel(publisher_confirms=True)
+        props = spec.Basic.Properties(delivery_mode=2, content_type="application/cloudevents+json")
+        try:
+            underlay = await channel.get_underlay_channel()
+            for first in range(0, len(bodies), batch):
+                await asyncio.wait_for(
+                    asyncio.gather(
+                        *(
+                            underlay.basic_publish(
+                                body, exchange=exchange, routing_key=routing_key, properties=props
+                            )
+                            for body in bodies[first : first + batch]
+                        )
+                    ),
+                    60,
+                )
+        finally:
+            await channel.close()
+        return len(bodies) / max(1e-9, time.perf_counter() - started)
+
+
+class Trial:
+    """One trial's names: the service's topology plus an output-counting queue; deleted at exit."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.tag = uuid.uuid4().hex[:8]
+        self.names = names_for(f"bench-{self.tag}.")
+        self.outputs = f"bench-{self.tag}.outputs"
+        self._queues: list[str] = []
+        self._exchanges: list[str] = []
+
+    async def __aenter__(self) -> Trial:
+        # The service's own declaration, so queue arguments match and the worker's declare succeeds.
+        from service import topology
+        from service.config import Settings
+
+        settings = Settings(dialnexa_api_key=API_KEY, **self.names)  # type: ignore[arg-type]
+        channel = await self.broker.connection.channel()
+        try:
+            await topology.declare(channel, settings)
+            queue = await channel.declare_queue(
+                self.outputs, durable=False, arguments={"x-queue-type": "classic"}
+            )
+            await queue.bind(self.names["output_exchange"], OUTPUT_KEY)
+        finally:
+            await channel.close()
+        steps = sorted(set(settings.retry_delays))
+        self._queues = [
+            self.outputs,
+            self.names["campaign_queue"],
+            self.names["complaint_queue"],
+            self.names["dead_letter_queue"],
+            *(settings.delay_queue_name(s) for s in steps),
+        ]
+        self._exchanges = [self.names[k] for k in self.names if k.endswith("_exchange")]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for name in self._queues:
+            await self._delete(name, queue=True)
+        for name in self._exchanges:
+            await self._delete(name, queue=False)
+
+    async def _delete(self, name: str, *, queue: bool) -> None:
+        with contextlib.suppress(Exception):
+            channel = await self.broker.connection.channel()
+            try:
+                if queue:
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+            finally:
+                await channel.close()
+
+    def env(self) -> dict[str, str]:
+        return {f"CANCELLER_{k.upper()}": v for k, v in self.names.items()}
+
+    async def preload_campaigns(self, bodies: list[bytes]) -> float:
+        rate = await self.broker.preload(self.names["input_exchange"], "campaign-ended", bodies)
+        depth = await self.broker.depth(self.names["campaign_queue"])
+        if depth != len(bodies):
+            raise BenchError(f"preload: {depth} of {len(bodies)} messages in the input queue")
+        return rate
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A child process (worker, raw loop, simulator) with its log file and HTTP port."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+    port: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def log_tail(self, lines: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])[-600:]
+        return ""
+
+    async def stop(self, timeout_s: float = 8, sig: int = signal.SIGTERM) -> int | None:
+        """`sig` (SIGTERM), then SIGKILL after `timeout_s`; returns the exit code."""
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+        return self.process.returncode
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
+    env.update(extra)
+    return env
+
+
+async def spawn(name: str, argv: list[str], env: dict[str, str], port: int | None = None) -> Proc:
+    log_dir = RESULTS / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}-{uuid.uuid4().hex[:4]}.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=ROOT, env=_clean_env(env), stdout=log, stderr=asyncio.subprocess.STDOUT
+        )
+    return Proc(name, process, log_path, port)
+
+
+def worker_env(
+    broker: Broker, trial: Trial, base_url: str, port: int, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    return {
+        "CANCELLER_AMQP_URL": broker.url,
+        "CANCELLER_DIALNEXA_BASE_URL": base_url,
+        "CANCELLER_DIALNEXA_API_KEY": API_KEY,
+        "CANCELLER_HTTP_HOST": HOST,
+        "CANCELLER_HTTP_PORT": str(port),
+        "CANCELLER_LOG_LEVEL": "WARNING",
+        "CANCELLER_DRAIN_TIMEOUT_S": "3",
+        **trial.env(),
+        **(extra or {}),
+    }
+
+
+async def start_worker(
+    broker: Broker, trial: Trial, base_url: str, extra: dict[str, str] | None = None, name: str = "worker"
+) -> Proc:
+    port = free_port()
+    env = worker_env(broker, trial, base_url, port, extra)
+    return await spawn(name, [PYTHON, "-m", "service", "run"], env, port)
+
+
+async def start_raw_loop(
+    broker: Broker, trial: Trial, base_url: str, prefetch: int, concurrency: int, loop: str = "uvloop"
+) -> Proc:
+    argv = [
+        PYTHON, "-m", "bench.raw_loop",
+        "--amqp-url", broker.url,
+        "--queue", trial.names["campaign_queue"],
+        "--output-exchange", trial.names["output_exchange"],
+        "--base-url", base_url,
+        "--api-key", API_KEY,
+        "--prefetch", str(prefetch),
+        "--concurrency", str(concurrency),
+        "--loop", loop,
+    ]  # fmt: skip
+    return await spawn("raw-loop", argv, {})
+
+
+async def http_get(url: str, timeout_s: float = 2) -> tuple[int, Any]:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+        text = await response.text()
+        with contextlib.suppress(ValueError):
+            return response.status, json.loads(text)
+        return response.status, text
+
+
+async def http_post(url: str, body: dict[str, Any], timeout_s: float = 2) -> Any:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.post(url, json=body) as response:
+        return await response.json()
+
+
+async def wait_http(proc: Proc, path: str, timeout_s: float = 30) -> float:
+    """Poll http://127.0.0.1:port/path until 200; seconds waited. BenchError if it dies or times out."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if not proc.alive:
+            raise BenchError(f"{proc.name} exited with {proc.process.returncode}: {proc.log_tail()}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+            status, _ = await http_get(f"http://{HOST}:{proc.port}{path}", timeout_s=1)
+            if status == 200:
+                return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise BenchError(f"{proc.name} not answering 200 on {path} after {timeout_s:.0f}s: {proc.log_tail()}")
+
+
+class SimProcess:
+    """The DialNexa simulator as its own process (its CLI), reconfigured through /_sim/."""
+
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.base_url = f"http://{HOST}:{proc.port}/v1"
+        self.control = f"http://{HOST}:{proc.port}/_sim"
+
+    @classmethod
+    async def start(cls) -> SimProcess:
+        port = free_port()
+        argv = [PYTHON, "-m", "service.simulator", "--host", HOST, "--port", str(port)]
+        proc = await spawn("simulator", argv, {}, port)
+        await wait_http(proc, "/healthz", timeout_s=20)
+        return cls(proc)
+
+    async def configure(self, **config: Any) -> None:
+        await http_post(f"{self.control}/config", config)
+
+    async def reset(self) -> None:
+        await http_post(f"{self.control}/reset", {})
+
+    async def stats(self) -> dict[str, Any]:
+        _, body = await http_get(f"{self.control}/stats")
+        return body if isinstance(body, dict) else {}
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process in KiB (empty once it is gone)."""
+    values: dict[str, int] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                values[key] = int(value.split()[0])
+    return values
+
+
+@dataclass
+class RssSampler:
+    """Samples VmRSS of some processes every `interval_s`, tagged with the current progress."""
+
+    pids: list[int]
+    progress: Callable[[], int]
+    interval_s: float = 0.5
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _started: float = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._task = asyncio.create_task(self._run())
+
+    def _sample(self) -> None:
+        rss = {pid: proc_status(pid).get("VmRSS", 0) for pid in self.pids}
+        self.samples.append(
+            {"t": round(time.monotonic() - self._started, 2), "done": self.progress(), "rss_kib": rss}
+        )
+
+    async def _run(self) -> None:
+        while True:  # bounded by stop(), which every caller reaches in a finally
+            self._sample()
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> dict[int, int]:
+        """Stop sampling (one last sample first); returns VmHWM (peak RSS, KiB) of each process."""
+        hwm = {pid: proc_status(pid).get("VmHWM", 0) for pid in self.pids}
+        if self._task is not None and not self._task.done():
+            self._sample()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return hwm
+
+    def max_rss_kib(self) -> int:
+        return max((sum(s["rss_kib"].values()) for s in self.samples), default=0)
+
+
+@dataclass
+class Drain:
+    """Output-queue depth over time while a backlog drains."""
+
+    target: int
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    completed: bool = False
+    gave_up: str | None = None
+
+    @property
+    def count(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+    def rate(self) -> float | None:
+        """Events per second from the first output seen to the last sample (start-up excluded)."""
+        started = next(((t, c) for t, c in self.samples if c > 0), None)
+        if started is None or not self.samples or self.samples[-1][0] <= started[0]:
+            return None
+        (t0, c0), (t1, c1) = started, self.samples[-1]
+        return (c1 - c0) / (t1 - t0)
+
+    def seconds(self) -> float | None:
+        started = next((t for t, c in self.samples if c > 0), None)
+        return None if started is None else self.samples[-1][0] - started
+
+
+async def watch_outputs(
+    broker: Broker,
+    queue: str,
+    drain: Drain,
+    procs: list[Proc],
+    deadline_s: float,
+    until: int | None = None,
+    interval_s: float = 0.05,
+    stall_s: float = 30,
+) -> Drain:
+    """Poll the output queue's depth into `drain` until `until` (default: its target), a deadline,
+    a stall, or a process dies (the last three set `drain.gave_up`)."""
+    target = drain.target if until is None else until
+    started = last_change = time.monotonic()
+    while True:
+        now = time.monotonic()
+        count = await broker.depth(queue)
+        if count != drain.count:
+            last_change = now
+        drain.samples.append((now, count))
+        if count >= target:
+            drain.completed = count >= drain.target
+            return drain
+        dead = [p for p in procs if not p.alive]
+        if dead:
+            drain.gave_up = f"{dead[0].name} exited with {dead[0].process.returncode}: {dead[0].log_tail()}"
+            return drain
+        if now - started > deadline_s:
+            drain.gave_up = f"deadline {deadline_s:.0f}s reached at {count}/{drain.target}"
+            return drain
+        if now - last_change > stall_s:
+            drain.gave_up = f"no progress for {stall_s:.0f}s at {count}/{drain.target}"
+            return drain
+        await asyncio.sleep(interval_s)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> list[int]:
+    """The RabbitMQ Erlang VM (beam.smp) processes on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip().startswith("beam"):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (from /proc/stat)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used between start() and stop(), in % of one core: each named group of processes, this
+    harness, and `other` (everything else on the machine, e.g. someone else's test run)."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def _now(self) -> dict[str, float]:
+        used = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()}
+        times = os.times()
+        used["harness"] = times.user + times.system
+        used["machine"] = machine_busy_seconds()
+        return used
+
+    def start(self) -> None:
+        self._start, self._t0 = self._now(), time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        end, elapsed = self._now(), max(1e-9, time.monotonic() - self._t0)
+        used = {name: 100 * (end[name] - self._start.get(name, 0.0)) / elapsed for name in end}
+        machine = used.pop("machine")
+        used["other"] = max(0.0, machine - sum(used.values()))
+        return {name: round(value, 1) for name, value in used.items()}
+
+
+async def wait_for_quiet(max_wait_s: float, busy_pct: float = 25.0) -> float:
+    """Wait (at most `max_wait_s`) until the machine is nearly idle over 2 s; returns its busy %."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before, t0 = machine_busy_seconds(), time.monotonic()
+        await asyncio.sleep(2)
+        busy = 100 * (machine_busy_seconds() - before) / (time.monotonic() - t0)
+        if busy <= busy_pct or time.monotonic() > deadline:
+            return round(busy, 1)
