@@ -20,6 +20,8 @@ if ! configured CANCELLER_DIALNEXA_BASE_URL && ! configured CANCELLER_DIALNEXA_A
   done
   export CANCELLER_DIALNEXA_BASE_URL="http://127.0.0.1:$SIM_PORT/v1"
   export CANCELLER_DIALNEXA_API_KEY="sim_key:sim_secret"
+  # Outputs are published `mandatory`: give them somewhere to go on a local broker.
+  "$VENV/bin/python" scripts/sample.py bind >&2
   cat >&2 <<BANNER
 
   ############################################################################

@@ -69,6 +69,17 @@ async def watch(url: str, exchange: str, routing_key: str) -> None:
                     print(json.dumps(json.loads(message.body), indent=2), flush=True)
 
 
+async def bind(url: str, exchange: str, routing_key: str, queue_name: str) -> None:
+    """Declare a durable queue (at most 10,000 messages) bound to the output, so outputs are routable."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        source = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(queue_name, durable=True, arguments={"x-max-length": 10_000})
+        await queue.bind(source, routing_key)
+        print(f"queue {queue_name!r} keeps {routing_key!r} events from {exchange!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,10 +93,16 @@ def main() -> None:
     sub = commands.add_parser("watch")
     sub.add_argument("--exchange", default="workflow.events")
     sub.add_argument("--routing-key", default="workflow-cancelled")
+    keep = commands.add_parser("bind")
+    keep.add_argument("--exchange", default="workflow.events")
+    keep.add_argument("--routing-key", default="workflow-cancelled")
+    keep.add_argument("--queue", default="workflow-canceller.local-outputs")
     args = parser.parse_args()
     try:
         if args.command == "publish":
             asyncio.run(publish(args.url, args.exchange, args.event_type, args.workflows))
+        elif args.command == "bind":
+            asyncio.run(bind(args.url, args.exchange, args.routing_key, args.queue))
         else:
             asyncio.run(watch(args.url, args.exchange, args.routing_key))
     except KeyboardInterrupt:
