@@ -164,6 +164,10 @@ class BrokerProbe:
         finally:
             await channel.close()
 
+    async def has_depth(self, queue: str, expected: int) -> bool:
+        """Whether `queue` holds exactly `expected` ready messages."""
+        return await self.depth(queue) == expected
+
     def outputs_for(self, workflow_id: str) -> list[dict[str, Any]]:
         return [o for o in self.outputs if o["subject"] == workflow_id]
 

@@ -103,18 +103,18 @@ async def spawn(make_settings: Any) -> Any:
         await proc.kill()
 
 
+def _run_once(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m service run` to completion (it exits at once on bad configuration)."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", "run"], env=env, cwd=cwd, capture_output=True, text=True, timeout=30
+    )
+
+
 def test_missing_configuration_exits_2_naming_each_variable(tmp_path: Path) -> None:
     """Bad configuration: exit code 2, one line per problem naming the variable, no traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
     env |= {"CANCELLER_HTTP_PORT": "http", "CANCELLER_RETRY_DELAYS": "1,x", "CANCELLER_LOG_FORMAT": "xml"}
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "run"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = _run_once(env, tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 4, lines
@@ -127,14 +127,7 @@ def test_env_file_is_read(tmp_path: Path) -> None:
     """Settings come from a .env file in the working directory too (its bad value is reported)."""
     (tmp_path / ".env").write_text("CANCELLER_DIALNEXA_API_KEY=key:secret\nCANCELLER_CONCURRENCY=0\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "run"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = _run_once(env, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "configuration error: CANCELLER_CONCURRENCY: Input should be greater than or equal to 1"
@@ -170,11 +163,7 @@ async def test_sigterm_past_drain_time_requeues(
     proc.signal(signal.SIGINT)
     assert await proc.wait(timeout_s=10) == 0
     assert broker.outputs == []
-    await wait_until(lambda: _depth_is(broker, broker.names["campaign_queue"], 1), what="message requeued")
-
-
-async def _depth_is(broker: BrokerProbe, queue: str, expected: int) -> bool:
-    return await broker.depth(queue) == expected
+    await wait_until(lambda: broker.has_depth(broker.names["campaign_queue"], 1), what="message requeued")
 
 
 @pytest.mark.broker
@@ -196,7 +185,7 @@ async def test_sigkill_mid_call_loses_nothing(simulator: Any, broker: BrokerProb
     await wait_until(
         lambda: broker.output_ids() == set(ids), timeout_s=30, what="every workflow after restart"
     )
-    await wait_until(lambda: _depth_is(broker, broker.names["campaign_queue"], 0), what="queue drained")
+    await wait_until(lambda: broker.has_depth(broker.names["campaign_queue"], 0), what="queue drained")
 
 
 @pytest.mark.broker

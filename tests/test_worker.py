@@ -372,10 +372,5 @@ async def test_stop_while_paused_returns_and_keeps_the_message(
     await wait_until(lambda: worker.metric("canceller_dialnexa_credentials_valid") == 0, what="paused")
     await worker.stop()
     assert worker.task is not None and worker.task.done() and worker.task.exception() is None
-    await wait_until(lambda: _depth(broker, worker.settings.campaign_queue, 1), what="message kept")
+    await wait_until(lambda: broker.has_depth(worker.settings.campaign_queue, 1), what="message kept")
     assert broker.outputs == []
-
-
-async def _depth(broker: BrokerProbe, queue: str, expected: int) -> bool:
-    """Whether `queue` holds exactly `expected` ready messages."""
-    return await broker.depth(queue) == expected
