@@ -209,7 +209,7 @@ class HttpSession:
         transport: httpx.AsyncBaseTransport,
     ) -> None:
         self._base_url = base_url.rstrip("/") + "/"
-        self._headers = headers
+        self._headers = httpx.Headers(headers)  # normalised once, not per request
         self._extensions = {"timeout": timeout.as_dict()}
         self._transport = transport
 
