@@ -263,7 +263,6 @@ class DialNexaClient:
         self._http = http
         self._metrics = metrics
         self._on_rate_limit = on_rate_limit
-        self.last_rate_limit: RateLimit | None = None
 
     async def cancel(self, workflow_id: str) -> CancelResult:
         """POST workflows/{id}/cancel. Returns the outcome or raises a `DialNexaError`."""
@@ -298,9 +297,8 @@ class DialNexaClient:
             self._observe(operation, type(error).__name__, started)
             raise TransportError(f"{type(error).__name__}: {error}"[:200]) from error
         self._observe(operation, str(response.status_code), started)
-        self.last_rate_limit = rate = parse_rate_limit(response.headers, time.time())
         if self._on_rate_limit is not None:
-            self._on_rate_limit(rate)
+            self._on_rate_limit(parse_rate_limit(response.headers, time.time()))
         return response
 
     def _observe(self, operation: str, status: str, started: float) -> None:

@@ -130,7 +130,7 @@ class Processor:
             outcome = await handle(
                 event,
                 self._capacity.lane("complaint" if event.type == COMPLAINT_RECEIVED else "campaign"),
-                partial(self._emit, publisher, event),
+                partial(self._emit, publisher, trigger_of(event)),
                 policy=self._policy,
                 attempt=delivery.attempt,
                 done=done,
@@ -184,7 +184,7 @@ class Processor:
         )
         structlog.contextvars.clear_contextvars()
 
-    async def _emit(self, publisher: Publisher, event: InboundEvent, result: CancelResult) -> None:
+    async def _emit(self, publisher: Publisher, trigger: dict[str, str], result: CancelResult) -> None:
         if result.outcome == "not_found":  # the core never emits these; nothing to publish
             return
         confirmed_at = datetime.now(UTC)
@@ -192,7 +192,7 @@ class Processor:
             workflow_id=result.workflow_id,
             outcome=result.outcome,
             status=result.status,
-            trigger=trigger_of(event),
+            trigger=trigger,
             source=self._settings.event_source,
             confirmed_at=confirmed_at,
         )
@@ -231,6 +231,7 @@ class Processor:
                     await publisher.to_dead_letter(
                         message,
                         {HEADER_REASON: reason, HEADER_ERROR: error, HEADER_ATTEMPTS: delivery.attempt},
+                        drop=(HEADER_QUEUE,),  # a replay from the DLQ starts afresh
                     )
                     await message.ack()
                     self._metrics.dead_lettered.labels(reason).inc()

@@ -71,10 +71,10 @@ class Publisher:
         await self._confirmed(self._channel.default_exchange, _copy(original, headers), queue)
 
     async def to_dead_letter(
-        self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue]
+        self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
     ) -> None:
-        """Send a copy of `original`, body untouched, to the dead-letter exchange."""
-        await self._confirmed(self._dead_letter, _copy(original, headers), original.routing_key or "")
+        """Send a copy of `original`, body untouched, to the dead-letter exchange, without `drop`."""
+        await self._confirmed(self._dead_letter, _copy(original, headers, drop), original.routing_key or "")
 
     async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
         with _refusals(exchange.name, key):
@@ -92,9 +92,11 @@ def _refusals(exchange: str, key: str) -> Iterator[None]:
         raise PublishRefused(f"broker refused the message ({type(error.frame).__name__})") from error
 
 
-def _copy(original: AbstractIncomingMessage, headers: dict[str, HeaderValue]) -> aio_pika.Message:
+def _copy(
+    original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
+) -> aio_pika.Message:
     """The same body and properties, persistent, with `headers` merged over the original ones."""
-    merged = dict(original.headers or {})
+    merged = {k: v for k, v in (original.headers or {}).items() if k not in drop}
     merged.update(headers)
     return aio_pika.Message(
         original.body,

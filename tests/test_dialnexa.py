@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,8 @@ from service.dialnexa import (
     AuthError,
     CancelResult,
     DialNexaClient,
+    DialNexaError,
+    RateLimit,
     RateLimitedError,
     RejectedError,
     ServerError,
@@ -36,7 +39,9 @@ WORKFLOW = {
 }
 
 
-def client(handler: Handler) -> tuple[DialNexaClient, Metrics]:
+def client(
+    handler: Handler, on_rate_limit: Callable[[RateLimit], None] | None = None
+) -> tuple[DialNexaClient, Metrics]:
     """A client whose every request is answered by `handler`, with fresh metrics."""
     metrics = Metrics.build(CollectorRegistry())
     http = build_http_client(
@@ -47,7 +52,7 @@ def client(handler: Handler) -> tuple[DialNexaClient, Metrics]:
         max_connections=4,
         transport=httpx.MockTransport(handler),
     )
-    return DialNexaClient(http, metrics), metrics
+    return DialNexaClient(http, metrics, on_rate_limit), metrics
 
 
 def answer(status: int, body: object = None, **headers: str) -> Handler:
@@ -160,14 +165,15 @@ def test_rate_limit_reset_in_both_readings() -> None:
     assert parse_reset("garbage", now) is None
 
 
-async def test_rate_limit_headers_are_recorded() -> None:
-    """Every answer's X-RateLimit headers are kept for pacing."""
+@pytest.mark.parametrize("status", [200, 429, 503])
+async def test_rate_limit_headers_reach_the_pacer(status: int) -> None:
+    """Every answer's X-RateLimit headers, success or error, are handed to the pacing callback."""
     headers = {"X-RateLimit-Limit": "150", "X-RateLimit-Remaining": "149", "X-RateLimit-Reset": "60"}
-    api, _ = client(answer(200, WORKFLOW, **headers))
-    await api.cancel("wf_1")
-    assert api.last_rate_limit is not None
-    assert (api.last_rate_limit.limit, api.last_rate_limit.remaining) == (150, 149)
-    assert api.last_rate_limit.reset_after_s == 60
+    seen: list[RateLimit] = []
+    api, _ = client(answer(status, WORKFLOW, **headers), on_rate_limit=seen.append)
+    with contextlib.suppress(DialNexaError):
+        await api.cancel("wf_1")
+    assert seen == [RateLimit(limit=150, remaining=149, reset_after_s=60)]
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,7 @@ async def test_exhausted_retries_go_to_dlq(simulator: Any, broker: BrokerProbe, 
     assert _header(dead, "x-canceller-reason") == "exhausted"
     assert _header(dead, "x-canceller-attempts") == 3
     assert "503" in _header(dead, "x-canceller-error")
+    assert "canceller-return-queue" not in (dead.headers or {})  # a replay from the DLQ starts afresh
     assert len(sim.calls_for(wf)) == 6
     assert broker.outputs == []
     assert (
