@@ -10,7 +10,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install lint test test-fast run broker bench
+.PHONY: help install lint test test-fast run broker bench chaos soak soak-long audit
 
 help:
 	@echo "make run        run the worker against the local RabbitMQ (starts the DialNexa simulator if no API is configured)"
@@ -29,14 +29,14 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 install: $(VENV)/.synced
 
 lint: install
-	$(VENV)/bin/ruff check service tests scripts deploy/tools bench
-	$(VENV)/bin/ruff format --check service tests scripts deploy/tools bench
+	$(VENV)/bin/ruff check service tests scripts deploy/tools bench drills
+	$(VENV)/bin/ruff format --check service tests scripts deploy/tools bench drills
 	$(VENV)/bin/mypy --strict service
 
 broker:
 	bash scripts/ensure-rabbitmq.sh
 
-test: install lint broker
+test: install lint audit broker
 	$(VENV)/bin/pytest
 
 test-fast: install
@@ -47,3 +47,16 @@ run: install broker
 
 bench: install broker
 	$(VENV)/bin/python -m bench
+
+# Issue "Prove it": the long forms (the short forms run inside `make test`).
+chaos: install broker
+	$(VENV)/bin/python -m drills.chaos --long
+
+soak: install broker
+	$(VENV)/bin/python -m drills.soak
+
+soak-long: install broker
+	$(VENV)/bin/python -m drills.soak --long
+
+audit: install
+	bash scripts/audit.sh

@@ -1,4 +1,9 @@
-"""Command line: `workflow-canceller run`. Exit codes: 0 after a clean stop, 2 on bad configuration."""
+"""Command line: `workflow-canceller <command>`.
+
+Every command reads the same `CANCELLER_*` configuration as `run`. Exit codes: 0 on success,
+1 when a command's work failed (a check did not pass, a message could not be moved), 2 on bad
+configuration or usage.
+"""
 
 from __future__ import annotations
 
@@ -6,54 +11,96 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from . import app, logs
-from .config import Settings, describe_errors
+from .config import CommonSettings, Settings, describe_errors, secret_values
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def _secrets(settings: Settings) -> list[str]:
-    """Values that must never appear in a log line: the API key, its secret, the broker password."""
-    key = settings.dialnexa_api_key.get_secret_value()
-    password = urlsplit(settings.amqp_url.get_secret_value()).password or ""
-    return [key, key.partition(":")[2], password]
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand: its settings class, how it adds its arguments, and what it runs.
+
+    `run(args, settings)` returns the exit code. `serves` commands log JSON to stdout like the
+    worker; the others print their answer on stdout and log only warnings, to stderr.
+    """
+
+    help: str
+    settings: type[CommonSettings]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Any], int]
+    serves: bool = False
 
 
-async def _serve(settings: Settings) -> None:
-    stop = asyncio.Event()
-    app.install_signal_handlers(stop)
-    await app.run(settings, REGISTRY, stop)
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Consume and cancel until SIGTERM or SIGINT."""
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        app.install_signal_handlers(stop)
+        await app.run(settings, REGISTRY, stop)
+
+    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+        runner.run(serve())
+    return EXIT_OK
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command without options."""
+
+
+def commands() -> dict[str, Command]:
+    """Every subcommand by name (imported lazily, so `run` loads nothing it does not use)."""
+    from . import ingress, ops
+
+    return {
+        "run": Command(
+            "consume events and cancel workflows until SIGTERM or SIGINT",
+            Settings,
+            _no_arguments,
+            _run_worker,
+            serves=True,
+        ),
+        **ops.commands(Command),
+        **ingress.commands(Command),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and settings, then run the worker; returns the exit code."""
+    """Parse the command line and the settings, then run the chosen command; returns the exit code."""
+    table = commands()
     parser = argparse.ArgumentParser(
         prog="workflow-canceller",
         description="Cancel DialNexa workflows named by CRM events (configuration: CANCELLER_* variables).",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="consume events and cancel workflows until SIGTERM or SIGINT")
-    parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, command in table.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    args = parser.parse_args(argv)
+    command = table[args.command]
 
     try:
-        settings = Settings()  # type: ignore[call-arg]  # required fields come from the environment
+        settings = command.settings()
     except ValidationError as error:
         for line in describe_errors(error):
             print(f"configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(settings.log_level, settings.log_format, secrets=_secrets(settings))
-    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
-        runner.run(_serve(settings))
-    return EXIT_OK
+    if command.serves:
+        logs.configure(settings.log_level, settings.log_format, secrets=secret_values(settings))
+    else:
+        logs.configure("WARNING", "console", secrets=secret_values(settings), stream=sys.stderr)
+    return command.run(args, settings)
 
 
-def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def _loop_factory(settings: CommonSettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when chosen (CANCELLER_EVENT_LOOP=uvloop), else asyncio's default loop."""
     if settings.event_loop == "uvloop":
         import uvloop

@@ -7,6 +7,7 @@ broker URL (it holds the broker password) are only unwrapped where they are used
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyUrl,
@@ -27,8 +28,12 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 _AMQP_URL: TypeAdapter[AnyUrl] = TypeAdapter(AmqpUrl)
 
 
-class Settings(BaseSettings):
-    """Everything the worker can be told. Names map to `CANCELLER_<FIELD>` in upper case."""
+class CommonSettings(BaseSettings):
+    """What every command reads: the broker, names, logging, tuning. Maps to `CANCELLER_<FIELD>`.
+
+    The operator commands (`dlq`, `publish`) and the webhook ingress use this; the worker's
+    `Settings` adds DialNexa's key and everything about calling it.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -41,7 +46,6 @@ class Settings(BaseSettings):
     # --- contract section 6 -------------------------------------------------------------------
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     dialnexa_base_url: HttpUrl = AnyUrl("https://api.dialnexa.com/v1")
-    dialnexa_api_key: SecretStr
     http_port: int = Field(default=8080, ge=1, le=65_535)
     http_host: str = "0.0.0.0"  # noqa: S104  # the probes and Prometheus reach the pod from outside
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 30.0, 120.0, 600.0)
@@ -129,15 +133,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"each delay must be between 0.1 and 86400 seconds, got {delay:g}")
         return value
 
-    @field_validator("dialnexa_api_key")
-    @classmethod
-    def _check_key(cls, value: SecretStr) -> SecretStr:
-        """The key is `key_id:secret`; say so without echoing it."""
-        key_id, sep, secret = value.get_secret_value().partition(":")
-        if not (key_id and sep and secret) or any(c.isspace() for c in value.get_secret_value()):
-            raise ValueError("must be of the form key_id:secret (value not shown)")
-        return value
-
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
@@ -175,6 +170,36 @@ class Settings(BaseSettings):
     def delay_queue_name(self, delay_s: float) -> str:
         """The delay queue that holds messages for *delay_s* seconds."""
         return f"{self.delay_queue_prefix}.{round(delay_s * 1000)}ms"
+
+
+class Settings(CommonSettings):
+    """Everything the worker (`run`, `check`) can be told: the broker settings and DialNexa's key."""
+
+    dialnexa_api_key: SecretStr
+
+    @field_validator("dialnexa_api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        """The key is `key_id:secret`; say so without echoing it."""
+        key_id, sep, secret = value.get_secret_value().partition(":")
+        if not (key_id and sep and secret) or any(c.isspace() for c in value.get_secret_value()):
+            raise ValueError("must be of the form key_id:secret (value not shown)")
+        return value
+
+
+def secret_values(settings: CommonSettings) -> list[str]:
+    """Every secret a settings object holds, for the log redactor: `SecretStr` fields (and the
+    secret half of a `key_id:secret` key), and the broker password inside the broker URL."""
+    values: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        items = value if isinstance(value, tuple | list) else (value,)
+        for item in items:
+            if isinstance(item, SecretStr):
+                raw = item.get_secret_value()
+                values += [raw, raw.partition(":")[2]]
+    values.append(urlsplit(settings.amqp_url.get_secret_value()).password or "")
+    return [v for v in values if v]
 
 
 def describe_errors(error: ValidationError) -> list[str]:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import time
 from functools import partial
 from typing import Any
 
-import aio_pika
 import stamina
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from . import topology
+from . import broker, topology
 from .capacity import Capacity
 from .config import Settings
 from .dialnexa import AuthError, DialNexaError, RejectedError
@@ -73,11 +71,7 @@ class Worker:
 
     async def _session(self, stop: asyncio.Event) -> None:
         settings = self._settings
-        connection = await aio_pika.connect(
-            settings.amqp_url.get_secret_value(),
-            timeout=settings.publish_timeout_s,
-            client_properties={"connection_name": f"workflow-canceller@{socket.gethostname()}"},
-        )
+        connection = await broker.connect(settings, "worker")
         self._lost = lost = asyncio.Event()
         try:
             connection.close_callbacks.add(lambda *_: lost.set())
