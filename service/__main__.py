@@ -30,7 +30,7 @@ class Command:
     """One subcommand: its settings class, how it adds its arguments, and what it runs.
 
     `run(args, settings)` returns the exit code. `serves` commands log JSON to stdout like the
-    worker; the others print their answer on stdout and log only warnings, to stderr.
+    worker; the others print their answer on stdout and keep library log lines quiet.
     """
 
     help: str
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if command.serves:
         logs.configure(settings.log_level, settings.log_format, secrets=secret_values(settings))
     else:
-        logs.configure("WARNING", "console", secrets=secret_values(settings), stream=sys.stderr)
+        # The command prints its own one-line answer; library log lines would only repeat it.
+        logs.configure("CRITICAL", "console", secrets=secret_values(settings), stream=sys.stderr)
     return command.run(args, settings)
 
 

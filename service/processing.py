@@ -46,11 +46,13 @@ from .metrics import Metrics
 from .publisher import HeaderValue, Publisher
 from .retries import (
     HEADER_ATTEMPTS,
+    HEADER_DEAD_LETTERED,
     HEADER_DONE,
     HEADER_ERROR,
     HEADER_FIRST_SEEN,
     HEADER_QUEUE,
     HEADER_REASON,
+    HEADER_SOURCE_QUEUE,
     Delivery,
     decode_done,
     encode_done,
@@ -230,7 +232,13 @@ class Processor:
                 case DeadLetter(reason=reason, error=error):
                     await publisher.to_dead_letter(
                         message,
-                        {HEADER_REASON: reason, HEADER_ERROR: error, HEADER_ATTEMPTS: delivery.attempt},
+                        {
+                            HEADER_REASON: reason,
+                            HEADER_ERROR: error,
+                            HEADER_ATTEMPTS: delivery.attempt,
+                            HEADER_SOURCE_QUEUE: queue,
+                            HEADER_DEAD_LETTERED: int(time.time() * 1000),
+                        },
                         drop=(HEADER_QUEUE,),  # a replay from the DLQ starts afresh
                     )
                     await message.ack()

@@ -18,6 +18,12 @@ HEADER_ERROR = "x-canceller-error"
 HEADER_ATTEMPTS = "x-canceller-attempts"
 HEADER_DONE = "x-canceller-done"
 HEADER_FIRST_SEEN = "x-canceller-first-seen-ms"
+# On dead-letter copies: the input queue the message was taken from, and when it was dead-lettered.
+HEADER_SOURCE_QUEUE = "x-canceller-source-queue"
+HEADER_DEAD_LETTERED = "x-canceller-dead-lettered-ms"
+# On messages replayed from the DLQ (`workflow-canceller dlq replay`): when, and how many times.
+HEADER_REPLAYED_AT = "x-canceller-replayed-at"
+HEADER_REPLAYS = "x-canceller-replays"
 
 
 def encode_done(done: frozenset[int], total: int) -> str:

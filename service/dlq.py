@@ -1,0 +1,356 @@
+"""The dead-letter queue as an operator sees it: inspect, replay and purge (`workflow-canceller dlq`).
+
+AMQP has no way to read a queue without taking from it, so every operation takes each message
+(`basic.get`, unacknowledged) at most once, decides, and gives back what it did not act on in one
+`nack(requeue)` at the end: if the command dies, the broker gives back everything still unacked.
+A replay republishes a message to its input queue and waits for the broker's confirm before it
+acks (removes) the dead-lettered copy, so an interruption can leave a duplicate, never a loss.
+
+Only a summary of each message is kept and shown: reason, error, attempts, event id and type,
+age. Bodies are never printed, and digit runs that look like phone numbers are masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from .config import CommonSettings
+from .retries import (
+    HEADER_ATTEMPTS,
+    HEADER_DEAD_LETTERED,
+    HEADER_DONE,
+    HEADER_ERROR,
+    HEADER_FIRST_SEEN,
+    HEADER_QUEUE,
+    HEADER_REASON,
+    HEADER_REPLAYED_AT,
+    HEADER_REPLAYS,
+    HEADER_SOURCE_QUEUE,
+)
+
+REASONS = ("invalid", "permanent", "exhausted", "delivery-limit")
+UNKNOWN = "unknown"
+# Headers a replayed message must not carry: the retry state of its earlier life and the broker's
+# own dead-letter bookkeeping. Its attempt count starts afresh.
+_STALE_HEADERS = frozenset(
+    {
+        HEADER_REASON,
+        HEADER_ERROR,
+        HEADER_ATTEMPTS,
+        HEADER_DONE,
+        HEADER_FIRST_SEEN,
+        HEADER_QUEUE,
+        HEADER_SOURCE_QUEUE,
+        HEADER_DEAD_LETTERED,
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    }
+)
+# A run of 8+ digits (with the separators people type) not glued to a word: a phone number, maybe.
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{6,}\d(?![\w-])")
+_TEXT_LIMIT = 200
+
+
+def mask(text: str, limit: int = _TEXT_LIMIT) -> str:
+    """`text` on one line, bounded, with anything that looks like a phone number masked."""
+    flat = " ".join(text.split())
+    return _PHONE.sub("[masked]", flat)[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """What one dead-lettered message says about itself (never its body)."""
+
+    reason: str
+    error: str
+    attempts: int | None
+    event_id: str | None
+    event_type: str
+    source_queue: str | None
+    dead_lettered_at: datetime | None
+    replays: int
+
+    def age_s(self, now: datetime) -> float | None:
+        """Seconds since it was dead-lettered, when known."""
+        if self.dead_lettered_at is None:
+            return None
+        return max(0.0, (now - self.dead_lettered_at).total_seconds())
+
+    def as_dict(self, now: datetime) -> dict[str, Any]:
+        """The summary as plain JSON-able values."""
+        data = asdict(self)
+        data["dead_lettered_at"] = self.dead_lettered_at.isoformat() if self.dead_lettered_at else None
+        data["age_s"] = None if (age := self.age_s(now)) is None else round(age, 1)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which dead-lettered messages a command acts on; an empty filter matches all."""
+
+    reasons: frozenset[str] = frozenset()
+    event_types: frozenset[str] = frozenset()
+    older_than_s: float | None = None
+    newer_than_s: float | None = None
+
+    def matches(self, letter: Letter, now: datetime) -> bool:
+        """True when `letter` passes every given condition (an unknown age passes no age filter)."""
+        if self.reasons and letter.reason not in self.reasons:
+            return False
+        if self.event_types and letter.event_type not in self.event_types:
+            return False
+        if self.older_than_s is None and self.newer_than_s is None:
+            return True
+        age = letter.age_s(now)
+        if age is None:
+            return False
+        if self.older_than_s is not None and age < self.older_than_s:
+            return False
+        return self.newer_than_s is None or age <= self.newer_than_s
+
+
+def read_letter(message: AbstractIncomingMessage) -> Letter:
+    """Summarise a dead-lettered message from its headers and the envelope fields of its body."""
+    headers: Mapping[str, Any] = message.headers or {}
+    death = _first_death(headers)
+    reason = _text(headers.get(HEADER_REASON))
+    if not reason and death is not None:
+        # Dead-lettered by the broker itself: the input queue's delivery limit (a crash loop).
+        reason = (
+            "delivery-limit" if _text(death.get("reason")) == "delivery_limit" else _text(death.get("reason"))
+        )
+    event_id, event_type = _envelope(message.body)
+    return Letter(
+        reason=reason or UNKNOWN,
+        error=mask(_text(headers.get(HEADER_ERROR))),
+        attempts=_int(headers.get(HEADER_ATTEMPTS)),
+        event_id=mask(event_id, 256) if event_id else None,
+        event_type=event_type or UNKNOWN,
+        source_queue=_text(headers.get(HEADER_SOURCE_QUEUE))
+        or (_text(death.get("queue")) if death else None)
+        or None,
+        dead_lettered_at=_dead_lettered_at(headers, death, message),
+        replays=_int(headers.get(HEADER_REPLAYS)) or 0,
+    )
+
+
+def _first_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
+        return deaths[0]
+    return None
+
+
+def _dead_lettered_at(
+    headers: Mapping[str, Any], death: Mapping[str, Any] | None, message: AbstractIncomingMessage
+) -> datetime | None:
+    millis = _int(headers.get(HEADER_DEAD_LETTERED))
+    if millis:
+        return datetime.fromtimestamp(millis / 1000, UTC)
+    stamp = death.get("time") if death else None
+    if not isinstance(stamp, datetime):
+        stamp = message.timestamp
+    if isinstance(stamp, datetime):
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    return None
+
+
+def _envelope(body: bytes) -> tuple[str | None, str | None]:
+    """The CloudEvent `id` and `type`, when the body is a JSON object that has them as strings."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    event_id, event_type = document.get("id"), document.get("type")
+    return (
+        event_id if isinstance(event_id, str) else None,
+        event_type if isinstance(event_type, str) and len(event_type) <= 64 else None,
+    )
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class Summary:
+    """What `dlq list` reports: counts over every message seen, and the newest ones."""
+
+    queue: str
+    count: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    by_event_type: Counter[str] = field(default_factory=Counter)
+    by_reason_and_type: Counter[tuple[str, str]] = field(default_factory=Counter)
+    newest: list[Letter] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Moved:
+    """What `dlq replay` or `dlq purge` did (or, in a dry run, would do)."""
+
+    matched: list[Letter] = field(default_factory=list)
+    done: list[Letter] = field(default_factory=list)
+    skipped: list[tuple[Letter, str]] = field(default_factory=list)
+    targets: Counter[str] = field(default_factory=Counter)
+
+
+AfterPublish = Callable[[Letter], Awaitable[None]]
+
+
+class DeadLetters:
+    """Operations on the DLQ over one channel with publisher confirms."""
+
+    def __init__(self, channel: AbstractChannel, settings: CommonSettings) -> None:
+        self._channel = channel
+        self._settings = settings
+
+    async def _queue(self) -> AbstractQueue:
+        return await self._channel.get_queue(self._settings.dead_letter_queue, ensure=True)
+
+    async def _take_all(self) -> list[AbstractIncomingMessage]:
+        """Every message in the DLQ at this moment, taken unacked (given back by `_give_back`)."""
+        queue = await self._queue()
+        declared = await self._channel.declare_queue(queue.name, passive=True)
+        expected = declared.declaration_result.message_count or 0
+        taken: list[AbstractIncomingMessage] = []
+        while len(taken) < expected:
+            message = await queue.get(no_ack=False, fail=False, timeout=self._settings.publish_timeout_s)
+            if message is None:
+                break
+            taken.append(message)
+        return taken
+
+    async def _give_back(self, kept: list[AbstractIncomingMessage]) -> None:
+        """Return the unacked messages to the DLQ, in order, with one frame: `multiple` covers
+        every unacked delivery up to the last kept one, and only kept ones are still unacked."""
+        if kept:
+            await kept[-1].nack(multiple=True, requeue=True)
+
+    async def summary(self, limit: int) -> Summary:
+        """Counts by reason and event type, and the `limit` most recently dead-lettered messages."""
+        messages = await self._take_all()
+        try:
+            letters = [read_letter(message) for message in messages]
+        finally:
+            await self._give_back(messages)
+        result = Summary(self._settings.dead_letter_queue, count=len(letters))
+        for letter in letters:
+            result.by_reason[letter.reason] += 1
+            result.by_event_type[letter.event_type] += 1
+            result.by_reason_and_type[(letter.reason, letter.event_type)] += 1
+        oldest = datetime.min.replace(tzinfo=UTC)
+        result.newest = sorted(letters, key=lambda x: x.dead_lettered_at or oldest, reverse=True)[:limit]
+        return result
+
+    async def replay(
+        self,
+        selection: Filter,
+        *,
+        limit: int | None,
+        dry_run: bool,
+        after_publish: AfterPublish | None = None,
+    ) -> Moved:
+        """Republish matching messages to their input queues (confirmed), then remove them."""
+        return await self._act(selection, limit, dry_run, self._republish, after_publish)
+
+    async def purge(self, selection: Filter, *, limit: int | None, dry_run: bool) -> Moved:
+        """Remove matching messages for good."""
+        return await self._act(selection, limit, dry_run, None, None)
+
+    async def _act(
+        self,
+        selection: Filter,
+        limit: int | None,
+        dry_run: bool,
+        republish: Callable[[AbstractIncomingMessage, Letter, str], Awaitable[None]] | None,
+        after_publish: AfterPublish | None,
+    ) -> Moved:
+        now = datetime.now(UTC)
+        moved = Moved()
+        kept: list[AbstractIncomingMessage] = []
+        messages = await self._take_all()
+        try:
+            for message in messages:
+                letter = read_letter(message)
+                if not selection.matches(letter, now) or (limit is not None and len(moved.matched) >= limit):
+                    kept.append(message)
+                    continue
+                moved.matched.append(letter)
+                target = self.target_queue(letter) if republish else ""
+                if republish and target is None:
+                    moved.skipped.append((letter, "no input queue known for this message"))
+                    kept.append(message)
+                    continue
+                if dry_run:
+                    kept.append(message)
+                    moved.targets[target or "(deleted)"] += 1
+                    continue
+                if republish and target:
+                    await republish(message, letter, target)
+                    if after_publish is not None:
+                        await after_publish(letter)
+                # Acking one of several unacked messages is fine; what is kept is given back below.
+                await message.ack()
+                moved.done.append(letter)
+                moved.targets[target or "(deleted)"] += 1
+        finally:
+            # Everything not acked is given back; on an exception the channel's close would do it too.
+            await self._give_back(kept)
+        return moved
+
+    def target_queue(self, letter: Letter) -> str | None:
+        """The input queue a message came from: its recorded queue, else the one for its type."""
+        queues = self._settings.input_queues
+        if letter.source_queue in queues:
+            return letter.source_queue
+        for name, routing_key in queues.items():
+            if routing_key == letter.event_type:
+                return name
+        return None
+
+    async def _republish(self, message: AbstractIncomingMessage, letter: Letter, target: str) -> None:
+        """Publish a fresh copy to `target` through the default exchange and wait for the confirm."""
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in _STALE_HEADERS}
+        headers[HEADER_REPLAYED_AT] = datetime.now(UTC).isoformat(timespec="seconds")
+        headers[HEADER_REPLAYS] = letter.replays + 1
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=message.correlation_id,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+        )
+        await self._channel.default_exchange.publish(
+            copy, target, mandatory=True, timeout=self._settings.publish_timeout_s
+        )
