@@ -88,6 +88,49 @@ class ComplaintReceived(_Envelope):
 
 InboundEvent = CampaignEnded | ComplaintReceived
 
+
+# --- the outbound event, as a schema (docs/asyncapi.yaml is generated from these models) -----------
+# `workflow_cancelled()` builds the body directly for speed; tests validate its output against
+# these models, which forbid unknown fields, so the two cannot drift apart.
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Trigger(_Strict):
+    """What caused the cancellation: the input event."""
+
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    event_type: Literal["campaign-ended", "complaint-received"]
+    campaign_id: str | None = None
+    complaint_id: str | None = None
+
+
+class WorkflowCancelledData(_Strict):
+    """`data` of a workflow-cancelled event."""
+
+    workflow_id: WorkflowId
+    outcome: Literal["cancelled", "already_terminal"] = Field(
+        description="cancelled: this call cancelled it; already_terminal: DialNexa answered 409"
+    )
+    status: str | None = Field(default=None, description="the status DialNexa reported, when known")
+    trigger: Trigger
+
+
+class WorkflowCancelled(_Strict):
+    """A DialNexa workflow is now terminal. `id` is the same for every redelivery of one trigger."""
+
+    specversion: Literal["1.0"]
+    id: Annotated[str, Field(description="UUIDv5 (URL namespace) of '{workflow_id}/{trigger event id}'")]
+    source: NonEmpty
+    type: Literal["workflow-cancelled"]
+    subject: WorkflowId
+    time: datetime = Field(description="when DialNexa confirmed the cancellation")
+    datacontenttype: Literal["application/json"]
+    data: WorkflowCancelledData
+
+
 _INBOUND: TypeAdapter[InboundEvent] = TypeAdapter(Annotated[InboundEvent, Field(discriminator="type")])
 
 
