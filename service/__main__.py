@@ -74,9 +74,8 @@ def commands() -> dict[str, Command]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and the settings, then run the chosen command; returns the exit code."""
-    table = commands()
+def build_parser(table: dict[str, Command]) -> argparse.ArgumentParser:
+    """The whole command line: one subcommand per entry of `table`."""
     parser = argparse.ArgumentParser(
         prog="workflow-canceller",
         description="Cancel DialNexa workflows named by CRM events (configuration: CANCELLER_* variables).",
@@ -84,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in table.items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and the settings, then run the chosen command; returns the exit code."""
+    table = commands()
+    args = build_parser(table).parse_args(argv)
     command = table[args.command]
 
     try:
