@@ -215,11 +215,12 @@ def _print_moved(action: str, moved: Moved, dry_run: bool, as_json: bool, out: T
     if dry_run:
         out.write(f"dry run: {len(moved.matched)} message(s) match; nothing was changed\n")
         for target, count in sorted(moved.targets.items()):
-            out.write(f"  would {action} {count} -> {target}\n")
+            out.write(f"  would {action} {count}" + (f" -> {target}\n" if action == "replay" else "\n"))
     else:
         out.write(f"{verb} {len(moved.done)} of {len(moved.matched)} matching message(s)\n")
         for target, count in sorted(moved.targets.items()):
-            out.write(f"  {count} -> {target}\n")
+            if action == "replay":
+                out.write(f"  {count} -> {target}\n")
     for letter, why in moved.skipped:
         out.write(f"  skipped {letter.event_id or '?'} ({letter.reason}, {letter.event_type}): {why}\n")
 

@@ -30,7 +30,8 @@ def _command_lines(text: str) -> list[str]:
             continue
         for match in COMMAND.finditer(line):
             args = match.group(1).strip()
-            if args and not args.startswith(("-", "<")) and re.match(r"^[a-z]", args):
+            usage = any(mark in args for mark in ("[", "...", "\\"))  # a synopsis, not an example
+            if args and not usage and re.match(r"^[a-z]", args):
                 found.append(args)
     return found
 
