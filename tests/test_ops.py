@@ -355,3 +355,38 @@ def test_durations_and_masking() -> None:
     assert dlq.mask("422: number +1 (555) 555-0123 refused for wf_12345678") == (
         "422: number [masked] refused for wf_12345678"
     )
+
+
+async def test_broker_dead_letters_at_the_delivery_limit_are_listed_and_replayed(
+    broker: BrokerProbe, make_settings: Any, amqp_url: str
+) -> None:
+    """A message the broker dead-letters at the delivery limit shows as `delivery-limit` and goes home."""
+    from service import topology
+
+    settings = make_settings(delivery_limit=1)
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    await topology.declare(channel, settings)
+    await broker.publish(campaign(["wf_crashy"], event_id="ev-crash-loop"))
+    queue = await channel.get_queue(settings.campaign_queue)
+    for _ in range(10):  # a consumer that keeps dying before it settles the message
+        message = await queue.get(no_ack=False, fail=False, timeout=5)
+        if message is None:
+            break
+        await message.nack(requeue=True)
+    dead_letter_queue = settings.dead_letter_queue
+    await wait_until(lambda: broker.has_depth(dead_letter_queue, 1), what="broker dead-lettered it")
+
+    dead = DeadLetters(channel, settings)
+    summary = await dead.summary(limit=5)
+    assert dict(summary.by_reason) == {"delivery-limit": 1}
+    letter = summary.newest[0]
+    assert letter.event_id == "ev-crash-loop"
+    assert letter.source_queue == settings.campaign_queue
+    assert letter.dead_lettered_at is not None
+    moved = await dead.replay(Filter(reasons=frozenset({"delivery-limit"})), limit=None, dry_run=False)
+    assert [m.event_id for m in moved.done] == ["ev-crash-loop"]
+    replayed = await queue.get(no_ack=True, timeout=5)
+    assert "x-death" not in (replayed.headers or {})
+    assert (replayed.headers or {})[HEADER_REPLAYS] == 1
+    await connection.close()
