@@ -248,7 +248,8 @@ class DeadLetters:
 
     async def _give_back(self, kept: list[AbstractIncomingMessage]) -> None:
         """Return the unacked messages to the DLQ, in order, with one frame: `multiple` covers
-        every unacked delivery up to the last kept one, and only kept ones are still unacked."""
+        every unacked delivery up to the last kept one, and only kept ones are still unacked.
+        A nack has no confirm: the messages are ready again a moment later, not at return."""
         if kept:
             await kept[-1].nack(multiple=True, requeue=True)
 

@@ -384,6 +384,8 @@ async def test_broker_dead_letters_at_the_delivery_limit_are_listed_and_replayed
     assert letter.event_id == "ev-crash-loop"
     assert letter.source_queue == settings.campaign_queue
     assert letter.dead_lettered_at is not None
+    # A give-back (nack) has no confirm: wait until the broker has the message ready again.
+    await wait_until(lambda: broker.has_depth(dead_letter_queue, 1), what="given back")
     moved = await dead.replay(Filter(reasons=frozenset({"delivery-limit"})), limit=None, dry_run=False)
     assert [m.event_id for m in moved.done] == ["ev-crash-loop"]
     replayed = await queue.get(no_ack=True, timeout=5)
