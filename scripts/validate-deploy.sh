@@ -5,10 +5,12 @@
 #
 #   Dockerfile                   hadolint (strictest threshold: any finding fails)
 #   docker-compose.yml           check-jsonschema --builtin-schema vendor.compose-spec,
-#                                deploy/tools/check_compose.py (mounts, names, scrape targets)
+#                                deploy/tools/check_compose.py (mounts, names, scrape targets,
+#                                the webhook ingress service)
 #   deploy/prometheus/           promtool check config, check rules, test rules
 #   deploy/base/prometheusrule   in sync with the rule file (deploy/tools/render_prometheusrule.py)
-#   deploy/overlays/*            kubectl kustomize, then kubernetes-validate --strict for each
+#   deploy/overlays/*            kubectl kustomize (worker and webhook ingress), then
+#                                kubernetes-validate --strict for each
 #                                Kubernetes version in K8S_VERSIONS; the custom resources
 #                                (ScaledObject, ServiceMonitor, PrometheusRule) against their CRD
 #                                schemas with deploy/tools/crd-validate (kubernetes-models, npm)

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from service.ingress import IngressMetrics
 from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,9 @@ RULE_TESTS = ROOT / "deploy/prometheus/rules/workflow-canceller.rules.test.yml"
 SCALED_OBJECT = ROOT / "deploy/base/scaledobject.yaml"
 DEPLOY_DOC = ROOT / "docs/deploy.md"
 OVERLAYS = ("staging", "production")
+WORKER = "workflow-canceller"
+INGRESS = "workflow-canceller-ingress"
+INGRESS_DOC = ROOT / "docs/ingress.md"
 
 # One API key allows 150 requests / 60 s and one replica can use all of it (deploy/base/scaledobject.yaml).
 MAX_REPLICAS = 3
@@ -65,17 +69,30 @@ def _built(overlay: str) -> tuple[dict[str, Any], ...]:
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
 
-def _one(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
-    """The single object of this kind."""
-    found = [doc for doc in docs if doc["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def _one(docs: tuple[dict[str, Any], ...], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The single object of this kind (and name, where the worker and the ingress both have one)."""
+    found = [doc for doc in docs if doc["kind"] == kind and name in (None, doc["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
+
+
+def _pod(docs: tuple[dict[str, Any], ...], name: str) -> dict[str, Any]:
+    """The pod spec of the Deployment `name`."""
+    return dict(_one(docs, "Deployment", name)["spec"]["template"]["spec"])
+
+
+def _config(docs: tuple[dict[str, Any], ...], pod: dict[str, Any]) -> dict[str, str]:
+    """The data of the ConfigMap the pod's first container takes its environment from."""
+    name = pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name)
+    return dict(config["data"])
 
 
 def _exported_metric_names() -> set[str]:
     """Every series name the service's metrics produce, suffixes included."""
     registry = CollectorRegistry()
     Metrics.build(registry)
+    IngressMetrics.build(registry)
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -174,6 +191,7 @@ def test_every_metric_in_dashboard_rules_and_keda_is_exported() -> None:
     assert not problems, "\n".join(problems)
     # The check saw real queries of both kinds.
     assert {"canceller_ready", "canceller_event_age_seconds_bucket"} <= used
+    assert {"canceller_ingress_requests_total", "canceller_ingress_publish_duration_seconds_bucket"} <= used
     assert "rabbitmq_detailed_queue_messages_unacked" in used
 
 
@@ -202,17 +220,26 @@ def test_alerts_cover_the_issue_and_say_what_to_do() -> None:
         "WorkflowCancellerBacklogAgeHigh",
     }
     assert required <= alerts.keys()
-    headings = {
-        line.lstrip("#").strip().lower()
-        for line in DEPLOY_DOC.read_text().splitlines()
-        if line.startswith("### ")
-    }
+    assert {
+        "WorkflowCancellerIngressNotReady",
+        "WorkflowCancellerIngressRefusingEvents",
+        "WorkflowCancellerIngressSignatureFailures",
+    } <= alerts.keys()
     for name, rule in alerts.items():
+        # The ingress's runbooks live with the rest of its documentation.
+        doc = INGRESS_DOC if name.startswith("WorkflowCancellerIngress") else DEPLOY_DOC
         annotations = rule["annotations"]
         assert len(annotations["description"]) > 80, name
-        assert annotations["runbook"] == f"docs/deploy.md#{name.lower()}", name
-        assert name.lower() in headings, f"docs/deploy.md has no '### {name}' section"
+        assert annotations["runbook"] == f"{doc.relative_to(ROOT)}#{name.lower()}", name
+        assert name.lower() in _headings(doc), f"{doc.name} has no '### {name}' section"
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
+
+
+def _headings(doc: Path) -> set[str]:
+    """The level-3 headings of a Markdown file, lower-cased (as the runbook anchors are)."""
+    return {
+        line.lstrip("#").strip().lower() for line in doc.read_text().splitlines() if line.startswith("### ")
+    }
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
@@ -232,22 +259,26 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_probes_use_healthz_and_readyz(overlay: str) -> None:
-    """Liveness and startup probe /healthz, readiness probes /readyz, all on the metrics port."""
-    container = _one(_built(overlay), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+@pytest.mark.parametrize(
+    ("name", "port", "number"), [(WORKER, "http-metrics", 8080), (INGRESS, "http", 8081)]
+)
+def test_probes_use_healthz_and_readyz(overlay: str, name: str, port: str, number: int) -> None:
+    """Liveness and startup probe /healthz, readiness probes /readyz, on each Deployment's one port."""
+    container = _pod(_built(overlay), name)["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["port"] == "http-metrics"
-    assert ports == {"http-metrics": 8080}
+        assert container[probe]["httpGet"]["port"] == port
+    assert ports == {port: number}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_pod_is_locked_down(overlay: str) -> None:
+@pytest.mark.parametrize("name", [WORKER, INGRESS])
+def test_pod_is_locked_down(overlay: str, name: str) -> None:
     """Non-root, read-only root filesystem, no privilege escalation, no capabilities, RuntimeDefault."""
-    pod = _one(_built(overlay), "Deployment")["spec"]["template"]["spec"]
+    pod = _pod(_built(overlay), name)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
@@ -267,19 +298,27 @@ def test_pod_is_locked_down(overlay: str) -> None:
 def test_grace_period_outlasts_the_drain(overlay: str) -> None:
     """terminationGracePeriodSeconds is longer than the CANCELLER_DRAIN_TIMEOUT_S the pod gets."""
     docs = _built(overlay)
-    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
-    config_name = pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]
-    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == config_name)
-    drain_s = float(config["data"].get("CANCELLER_DRAIN_TIMEOUT_S", "20"))
+    pod = _pod(docs, WORKER)
+    drain_s = float(_config(docs, pod).get("CANCELLER_DRAIN_TIMEOUT_S", "20"))
     assert pod["terminationGracePeriodSeconds"] > drain_s + 10
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_grace_period_outlasts_prestop_and_publish_timeout(overlay: str) -> None:
+    """The ingress pod gets its preStop pause plus a whole publish timeout before SIGKILL."""
+    docs = _built(overlay)
+    pod = _pod(docs, INGRESS)
+    publish_timeout_s = float(_config(docs, pod).get("CANCELLER_PUBLISH_TIMEOUT_S", "10"))
+    pause_s = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pause_s + publish_timeout_s
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_keda_scales_on_ready_plus_unacked_within_the_rate_limit(overlay: str) -> None:
-    """The ScaledObject targets the Deployment, counts unacked messages and stops at 3 replicas."""
+    """The ScaledObject targets the worker Deployment, counts unacked messages and stops at 3 replicas."""
     docs = _built(overlay)
     scaled = _one(docs, "ScaledObject")["spec"]
-    assert scaled["scaleTargetRef"]["name"] == _one(docs, "Deployment")["metadata"]["name"]
+    assert scaled["scaleTargetRef"]["name"] == _one(docs, "Deployment", WORKER)["metadata"]["name"]
     assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= MAX_REPLICAS
     (trigger,) = scaled["triggers"]
     query = trigger["metadata"]["query"]
@@ -288,43 +327,110 @@ def test_keda_scales_on_ready_plus_unacked_within_the_rate_limit(overlay: str) -
     assert "workflow-canceller\\\\.(campaign-ended|complaint-received)" in query
 
 
+SECRET_ENV = {
+    WORKER: ("workflow-canceller-secrets", {"CANCELLER_AMQP_URL", "CANCELLER_DIALNEXA_API_KEY"}),
+    INGRESS: ("workflow-canceller-ingress-secrets", {"CANCELLER_AMQP_URL", "CANCELLER_WEBHOOK_SECRETS"}),
+}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_no_secret_values_in_the_manifests(overlay: str) -> None:
-    """No Secret is shipped; the broker URL and API key come only from a secretKeyRef."""
+    """No Secret is shipped; broker URLs, the API key and the webhook secrets come from secretKeyRefs."""
     docs = _built(overlay)
     assert not [d for d in docs if d["kind"] == "Secret"]
-    container = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    env = {item["name"]: item for item in container["env"]}
-    for name in ("CANCELLER_AMQP_URL", "CANCELLER_DIALNEXA_API_KEY"):
-        assert "value" not in env[name]
-        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "workflow-canceller-secrets"
-    for config in (d for d in docs if d["kind"] == "ConfigMap"):
-        assert not {"CANCELLER_AMQP_URL", "CANCELLER_DIALNEXA_API_KEY"} & config["data"].keys()
+    for deployment, (secret, names) in SECRET_ENV.items():
+        env = {item["name"]: item for item in _pod(docs, deployment)["containers"][0]["env"]}
+        for name in names:
+            assert "value" not in env[name]
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == secret
+        for config in (d for d in docs if d["kind"] == "ConfigMap"):
+            assert not names & config["data"].keys()
     text = yaml.safe_dump_all(docs)
     assert not re.search(r"\w+://[^/\s:@]+:[^/\s@]+@", text), "a URL with a password"
     assert "sim_secret" not in text
+    assert "whsec_" not in text
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policy_allows_only_dns_broker_and_https(overlay: str) -> None:
-    """Egress is limited to DNS, AMQP(S) and HTTPS; ingress only to the metrics port."""
-    policy = _one(_built(overlay), "NetworkPolicy")["spec"]
+@pytest.mark.parametrize(
+    ("name", "egress", "ingress"),
+    [
+        (WORKER, {("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671), ("TCP", 443)}, {("TCP", 8080)}),
+        (INGRESS, {("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671)}, {("TCP", 8081)}),
+    ],
+)
+def test_network_policy_allows_only_dns_broker_and_https(
+    overlay: str, name: str, egress: set[tuple[str, int]], ingress: set[tuple[str, int]]
+) -> None:
+    """Worker egress: DNS, AMQP(S), HTTPS; ingress egress: DNS and AMQP(S); each in on its one port."""
+    policy = _one(_built(overlay), "NetworkPolicy", name)["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
-    assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671), ("TCP", 443)}
+    assert egress_ports == egress
     ingress_ports = {(p["protocol"], p["port"]) for rule in policy["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {("TCP", 8080)}
+    assert ingress_ports == ingress
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_metrics_are_scraped_and_rules_shipped(overlay: str) -> None:
-    """The ServiceMonitor scrapes the Service's metrics port; the PrometheusRule is the rule file."""
+def test_worker_and_ingress_selectors_never_overlap(overlay: str) -> None:
+    """Nothing that selects the worker's pods selects the ingress's, and the other way round."""
     docs = _built(overlay)
-    service = _one(docs, "Service")
-    monitor = _one(docs, "ServiceMonitor")["spec"]
+    labels = {
+        name: _one(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        for name in (WORKER, INGRESS)
+    }
+    for doc in docs:
+        spec = doc.get("spec", {})
+        selector = spec.get("selector") or spec.get("podSelector")
+        if (
+            doc["kind"] not in {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+            or not selector
+        ):
+            continue
+        wanted = selector.get("matchLabels", selector)
+        matched = [name for name, pod in labels.items() if wanted.items() <= pod.items()]
+        assert matched == [doc["metadata"]["name"].removesuffix("-metrics")], doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_runs_the_ingress_command_and_exposes_only_the_events_path(overlay: str) -> None:
+    """The ingress pod runs `workflow-canceller ingress` on the configured port; the Ingress routes
+    exactly POST /v1/events to it (probes and metrics stay inside the cluster)."""
+    docs = _built(overlay)
+    pod = _pod(docs, INGRESS)
+    container = pod["containers"][0]
+    assert container["command"] == ["workflow-canceller", "ingress"]
+    port = container["ports"][0]
+    assert _config(docs, pod)["CANCELLER_INGRESS_PORT"] == str(port["containerPort"])
+    service = _one(docs, "Service", INGRESS)["spec"]
+    (service_port,) = service["ports"]
+    assert service_port["targetPort"] == port["name"]
+    (rule,) = _one(docs, "Ingress", INGRESS)["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1/events", "Exact")
+    assert path["backend"]["service"] == {"name": INGRESS, "port": {"name": service_port["name"]}}
+    tls_hosts = [h for tls in _one(docs, "Ingress", INGRESS)["spec"]["tls"] for h in tls["hosts"]]
+    assert tls_hosts == [rule["host"]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize(
+    ("monitor_name", "service_name"), [(WORKER, "workflow-canceller-metrics"), (INGRESS, INGRESS)]
+)
+def test_metrics_are_scraped_and_rules_shipped(overlay: str, monitor_name: str, service_name: str) -> None:
+    """Each ServiceMonitor scrapes its Service's port; the PrometheusRule is the rule file."""
+    docs = _built(overlay)
+    service = _one(docs, "Service", service_name)
+    monitor = _one(docs, "ServiceMonitor", monitor_name)["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    others = [d for d in docs if d["kind"] == "Service" and d is not service]
+    assert not any(
+        monitor["selector"]["matchLabels"].items() <= d["metadata"]["labels"].items() for d in others
+    )
     assert monitor["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert service["spec"]["publishNotReadyAddresses"] is True
+    if monitor_name == WORKER:
+        assert service["spec"]["publishNotReadyAddresses"] is True
     rule = _one(docs, "PrometheusRule")
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
     namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}

@@ -7,7 +7,9 @@
   worker's workflow-cancelled events would be unroutable in the local stack);
 - every Prometheus scrape target is a compose service on a port that service listens on, and the
   rule file Prometheus loads is the one the PrometheusRule is generated from;
-- the worker's stop_grace_period is longer than its CANCELLER_DRAIN_TIMEOUT_S.
+- the worker's stop_grace_period is longer than its CANCELLER_DRAIN_TIMEOUT_S;
+- the webhook ingress publishes its CANCELLER_INGRESS_PORT, runs `workflow-canceller ingress`, and its
+  stop_grace_period is longer than CANCELLER_PUBLISH_TIMEOUT_S (in-flight requests wait that long).
 Exit status 1 with one line per problem.
 """
 
@@ -65,6 +67,24 @@ def check(compose: dict[str, Any]) -> list[str]:
     drain_s = float(worker["environment"]["CANCELLER_DRAIN_TIMEOUT_S"])
     if _seconds(worker.get("stop_grace_period", "10s")) <= drain_s:
         problems.append("worker: stop_grace_period must be longer than CANCELLER_DRAIN_TIMEOUT_S")
+    problems += _check_ingress(services.get("ingress"))
+    return problems
+
+
+def _check_ingress(ingress: dict[str, Any] | None) -> list[str]:
+    """The webhook ingress service: its command, its port, its stop grace period."""
+    if ingress is None:
+        return ["no ingress service (workflow-canceller ingress)"]
+    problems = []
+    if ingress.get("entrypoint") != ["workflow-canceller", "ingress"]:
+        problems.append("ingress: entrypoint must be workflow-canceller ingress")
+    env = ingress.get("environment", {})
+    port = str(env.get("CANCELLER_INGRESS_PORT", "8081"))
+    if port not in {p.split(":")[-1] for p in ingress.get("ports", [])}:
+        problems.append(f"ingress: CANCELLER_INGRESS_PORT {port} is not published")
+    publish_timeout_s = float(env.get("CANCELLER_PUBLISH_TIMEOUT_S", "10"))
+    if _seconds(ingress.get("stop_grace_period", "10s")) <= publish_timeout_s:
+        problems.append("ingress: stop_grace_period must be longer than CANCELLER_PUBLISH_TIMEOUT_S")
     return problems
 
 
