@@ -30,11 +30,10 @@ DASHBOARD = ROOT / "deploy/grafana/dashboard.json"
 RULES = ROOT / "deploy/prometheus/rules/workflow-canceller.rules.yml"
 RULE_TESTS = ROOT / "deploy/prometheus/rules/workflow-canceller.rules.test.yml"
 SCALED_OBJECT = ROOT / "deploy/base/scaledobject.yaml"
-DEPLOY_DOC = ROOT / "docs/deploy.md"
+RUNBOOK = ROOT / "docs/runbook.md"
 OVERLAYS = ("staging", "production")
 WORKER = "workflow-canceller"
 INGRESS = "workflow-canceller-ingress"
-INGRESS_DOC = ROOT / "docs/ingress.md"
 
 # One API key allows 150 requests / 60 s and one replica can use all of it (deploy/base/scaledobject.yaml).
 MAX_REPLICAS = 3
@@ -226,8 +225,7 @@ def test_alerts_cover_the_issue_and_say_what_to_do() -> None:
         "WorkflowCancellerIngressSignatureFailures",
     } <= alerts.keys()
     for name, rule in alerts.items():
-        # The ingress's runbooks live with the rest of its documentation.
-        doc = INGRESS_DOC if name.startswith("WorkflowCancellerIngress") else DEPLOY_DOC
+        doc = RUNBOOK
         annotations = rule["annotations"]
         assert len(annotations["description"]) > 80, name
         assert annotations["runbook"] == f"{doc.relative_to(ROOT)}#{name.lower()}", name
