@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "workflow-canceller.rules.yml"
 # `wc` is the runbook's shorthand for `kubectl exec ... -- workflow-canceller`.
-COMMAND = re.compile(r"(?:^|[\s`(])(?:wc|workflow-canceller)((?: [^\s`#|>)][^`#|>)]*?)?)\s*(?:#|`|\)|$|\|)")
+COMMAND = re.compile(r"(?:^|[\s`(])(?:wc|workflow-canceller)((?: [^\s`#|>)][^`#|>)]*?)?)\s*(?:#|`|\)|$|\||>)")
 
 
 def _alerts() -> list[str]:
@@ -29,7 +29,7 @@ def _command_lines(text: str) -> list[str]:
         if line.lstrip().startswith(("wc()", "wc ()")):
             continue
         for match in COMMAND.finditer(line):
-            args = match.group(1).strip()
+            args = re.split(r"[;&>]", match.group(1))[0].strip()  # up to the shell's next command
             usage = any(mark in args for mark in ("[", "...", "\\"))  # a synopsis, not an example
             if args and not usage and re.match(r"^[a-z]", args):
                 found.append(args)
