@@ -6,17 +6,22 @@ broker URL (it holds the broker password) are only unwrapped where they are used
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+import ipaddress
+import ssl
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AnyUrl,
     Field,
+    FilePath,
     SecretStr,
     TypeAdapter,
     UrlConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -46,6 +51,9 @@ class CommonSettings(BaseSettings):
     # --- contract section 6 -------------------------------------------------------------------
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     dialnexa_base_url: HttpUrl = AnyUrl("https://api.dialnexa.com/v1")
+    # Plain http:// to DialNexa is refused unless the host is loopback or this is set (a simulator
+    # on another host of a local stack): the API key travels in every request.
+    dialnexa_allow_insecure_http: bool = False
     http_port: int = Field(default=8080, ge=1, le=65_535)
     http_host: str = "0.0.0.0"  # noqa: S104  # the probes and Prometheus reach the pod from outside
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 30.0, 120.0, 600.0)
@@ -91,6 +99,12 @@ class CommonSettings(BaseSettings):
     auth_probe_max_s: PositiveSeconds = 60.0
 
     # --- broker -------------------------------------------------------------------------------
+    # TLS for amqps:// URLs: the CA bundle that signed the broker's certificate (default: the
+    # system's), and a client certificate + key when the broker requires one. Hostnames are
+    # always verified against the URL's host.
+    amqp_ca_file: FilePath | None = None
+    amqp_cert_file: FilePath | None = None
+    amqp_key_file: FilePath | None = None
     publish_timeout_s: PositiveSeconds = 10.0
     reconnect_initial_s: PositiveSeconds = 0.5
     reconnect_max_s: PositiveSeconds = 30.0
@@ -143,6 +157,36 @@ class CommonSettings(BaseSettings):
             raise ValueError("must be an amqp:// or amqps:// URL with a host (value not shown)") from None
         return value
 
+    @model_validator(mode="after")
+    def _check_transport_security(self) -> Self:
+        """https to DialNexa (or loopback, or the explicit override); TLS files only for amqps://."""
+        url = self.dialnexa_base_url
+        if url.scheme != "https" and not self.dialnexa_allow_insecure_http and not is_loopback(url.host):
+            raise ValueError(
+                f"{ENV_PREFIX}DIALNEXA_BASE_URL: must be an https:// URL (plain http:// is accepted only"
+                f" for a loopback host or with {ENV_PREFIX}DIALNEXA_ALLOW_INSECURE_HTTP=true)"
+            )
+        if (self.amqp_cert_file is None) != (self.amqp_key_file is None):
+            raise ValueError(
+                f"{ENV_PREFIX}AMQP_CERT_FILE / {ENV_PREFIX}AMQP_KEY_FILE: set both (a client certificate"
+                " and its key) or neither"
+            )
+        tls_files = (self.amqp_ca_file, self.amqp_cert_file)
+        if any(tls_files) and urlsplit(self.amqp_url.get_secret_value()).scheme != "amqps":
+            raise ValueError(
+                f"{ENV_PREFIX}AMQP_CA_FILE / {ENV_PREFIX}AMQP_CERT_FILE: TLS files are set but"
+                f" {ENV_PREFIX}AMQP_URL is not amqps://"
+            )
+        if self.amqp_ca_file or self.amqp_cert_file:
+            try:
+                amqp_ssl_context(self)
+            except (ssl.SSLError, OSError) as error:
+                raise ValueError(
+                    f"{ENV_PREFIX}AMQP_CA_FILE / {ENV_PREFIX}AMQP_CERT_FILE / {ENV_PREFIX}AMQP_KEY_FILE:"
+                    f" cannot be loaded ({type(error).__name__}: {error.strerror or error})"
+                ) from None
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -172,6 +216,32 @@ class CommonSettings(BaseSettings):
         return f"{self.delay_queue_prefix}.{round(delay_s * 1000)}ms"
 
 
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` is this machine: `localhost`, 127.0.0.0/8 or ::1."""
+    if not host:
+        return False
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def amqp_ssl_context(settings: CommonSettings) -> ssl.SSLContext:
+    """The TLS context of an amqps:// connection: verified certificate and hostname, TLS 1.2+."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=_path(settings.amqp_ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.amqp_cert_file is not None:
+        context.load_cert_chain(settings.amqp_cert_file, _path(settings.amqp_key_file))
+    return context
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
 class Settings(CommonSettings):
     """Everything the worker (`run`, `check`) can be told: the broker settings and DialNexa's key."""
 
@@ -197,18 +267,22 @@ def secret_values(settings: CommonSettings) -> list[str]:
         for item in items:
             if isinstance(item, SecretStr):
                 raw = item.get_secret_value()
-                values += [raw, raw.partition(":")[2]]
-    values.append(urlsplit(settings.amqp_url.get_secret_value()).password or "")
-    return [v for v in values if v]
+                values += [raw, raw.partition(":")[2], raw.removeprefix("whsec_")]
+    password = urlsplit(settings.amqp_url.get_secret_value()).password or ""
+    values += [password, unquote(password)]  # as written in the URL, and as sent to the broker
+    return list(dict.fromkeys(v for v in values if v))
 
 
 def describe_errors(error: ValidationError) -> list[str]:
     """One line per problem, naming the environment variable; input values are never echoed."""
     lines = []
     for item in error.errors(include_input=False, include_url=False):
-        field = str(item["loc"][0]) if item["loc"] else "?"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
             message = "required but not set"
+        if not item["loc"] and message.startswith(ENV_PREFIX):
+            lines.append(message)  # a check across fields names its variables itself
+            continue
+        field = str(item["loc"][0]) if item["loc"] else "?"
         lines.append(f"{ENV_PREFIX}{field.upper()}: {message}")
     return lines

@@ -134,9 +134,10 @@ def _number(value: str | None) -> float | None:
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
+    """The body as a JSON object, or {} for anything else (not JSON, not UTF-8, nested too deep)."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # json raises RecursionError on deeply nested arrays
         return {}
     return body if isinstance(body, dict) else {}
 
@@ -153,9 +154,14 @@ def error_message(response: httpx.Response) -> str:
     """A short text from an error body: `message` (a string or a list of them) or the reason."""
     message = _json(response).get("message")
     if isinstance(message, list):
-        message = "; ".join(str(m) for m in message)
-    text = str(message) if message else response.reason_phrase or "no message"
+        message = "; ".join(_scalar_text(m) for m in message[:20])
+    text = _scalar_text(message) if message else response.reason_phrase or "no message"
     return text[:200]
+
+
+def _scalar_text(value: object) -> str:
+    """A string or number as text; a nested structure by its kind (its repr could be huge or deep)."""
+    return str(value) if isinstance(value, str | int | float | bool) else f"<{type(value).__name__}>"
 
 
 def status_error(response: httpx.Response, now: float) -> StatusError:
@@ -169,6 +175,24 @@ def status_error(response: httpx.Response, now: float) -> StatusError:
     if code in (401, 403):
         return AuthError(code, message)
     return RejectedError(code, message)
+
+
+def classify(workflow_id: str, response: httpx.Response, now: float) -> CancelResult | StatusError:
+    """What one answer to a cancel call means (contract section 5): a result, or the error to raise.
+
+    A pure function of the answer (status, headers, body) and the clock: 2xx `cancelled`, 409
+    `already_terminal`, 404 `not_found`, anything else one `StatusError` of the tree above.
+    """
+    code = response.status_code
+    if 200 <= code < 300:
+        return CancelResult(workflow_id, "cancelled", _status_of(unwrap(_json(response))) or "cancelled")
+    if code == 409:
+        return CancelResult(workflow_id, "already_terminal", _status_of(unwrap(_json(response))))
+    if code == 404:
+        return CancelResult(workflow_id, "not_found")
+    failure = status_error(response, now)
+    failure.workflow_id = workflow_id
+    return failure
 
 
 HttpTransportKind = Literal["aiohttp", "httpx-aiohttp", "httpx"]
@@ -271,16 +295,10 @@ class DialNexaClient:
         except DialNexaError as error:
             error.workflow_id = workflow_id
             raise
-        code = response.status_code
-        if 200 <= code < 300:
-            return CancelResult(workflow_id, "cancelled", _status_of(unwrap(_json(response))) or "cancelled")
-        if code == 409:
-            return CancelResult(workflow_id, "already_terminal", _status_of(unwrap(_json(response))))
-        if code == 404:
-            return CancelResult(workflow_id, "not_found")
-        failure = status_error(response, time.time())
-        failure.workflow_id = workflow_id
-        raise failure
+        answer = classify(workflow_id, response, time.time())
+        if isinstance(answer, StatusError):
+            raise answer
+        return answer
 
     async def probe(self, workflow_id: str) -> None:
         """GET workflows/{id}: succeeds when the API key is accepted (200 or 404), else raises."""

@@ -1,15 +1,23 @@
 """structlog configuration: one JSON object per line on stdout (or a console format on request).
 
 Log event names are fixed dotted strings (`event.settled`, `broker.connected`, ...), never
-f-strings. Two guards keep personal data and secrets out of every line, at every level:
-known-sensitive keys are dropped, and the values of the given secrets are masked wherever they
-appear. Library loggers (aio-pika, aiormq, httpx, httpcore) stay at WARNING or above even at DEBUG,
-because their debug output can carry message bodies and request headers.
+f-strings. Three guards keep personal data and secrets out of every line, at every level and in
+exception traces (which are rendered to text before the guards run): known-sensitive keys are
+dropped; the values of the given secrets (the API key, its secret half, the broker password as
+written in the URL and decoded) are masked wherever they appear; and shapes that are secret
+whatever their value are masked too: credentials inside a URL (`scheme://user:password@`), a
+`Bearer` token, a `whsec_` webhook secret, and phone numbers (`+` and 8-15 digits, or a bare run
+of 10-15 digits). Values that are not strings (exceptions, bytes, objects) are turned into text
+first, so nothing reaches the renderer unmasked. Library loggers (aio-pika, aiormq, httpx,
+httpcore) stay at WARNING or above even at DEBUG, because their debug output can carry message
+bodies and request headers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
@@ -18,8 +26,47 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-SENSITIVE_KEYS = frozenset({"phone_number", "authorization", "api_key", "amqp_url", "password"})
+SENSITIVE_KEYS = frozenset(
+    {
+        "phone_number",
+        "phone",
+        "authorization",
+        "proxy-authorization",
+        "api_key",
+        "dialnexa_api_key",
+        "amqp_url",
+        "password",
+        "secret",
+        "token",
+        "webhook_secret",
+        "cookie",
+        "set-cookie",
+    }
+)
 MASK = "[redacted]"
+# Secret whatever the value: (pattern, replacement), applied to every string after the known secrets.
+_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b((?i:[a-z][a-z0-9+.-]*)://)[^/\s:@]*:[^/\s@]*@"), rf"\1{MASK}@"),  # URL credentials
+    (re.compile(r"\b(?i:bearer)\s+[A-Za-z0-9._~+/:=-]+"), f"Bearer {MASK}"),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), MASK),
+    (re.compile(r"(?<![\w.+-])\+\d[\d ().-]{6,18}\d(?![\w.])"), MASK),  # +1 555 555 0123, +15555550123
+    (re.compile(r"(?<![\w.+-])\d{10,15}(?![\w.])"), MASK),  # 15555550123
+)
+_DIGIT_RUN = re.compile(r"\d{8}")
+
+
+def _may_hold_shape(text: str) -> bool:
+    """A cheap test (most strings fail it) before the patterns above run: logging is on the hot path."""
+    return (
+        "://" in text
+        or "+" in text
+        or "whsec_" in text
+        or "earer" in text
+        or "EARER" in text
+        or _DIGIT_RUN.search(text) is not None
+    )
+
+
 _NOISY_LIBRARIES = ("aio_pika", "aiormq", "pamqp", "httpx", "httpcore", "aiohttp.access")
 
 
@@ -28,6 +75,8 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets = tuple(s for s in secrets if len(s) >= 4)
+        # Most strings logged are a few constants (event names, levels, results): remember them.
+        self._mask = functools.lru_cache(maxsize=2048)(self._mask_text)
 
     def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
         return self._clean(event_dict)
@@ -35,20 +84,32 @@ class Redactor:
     def _clean(self, mapping: MutableMapping[str, Any]) -> EventDict:
         cleaned: EventDict = {}
         for key, value in mapping.items():
-            if key.lower() in SENSITIVE_KEYS:
+            if isinstance(key, str) and key.lower() in SENSITIVE_KEYS:
                 cleaned[key] = MASK
-            elif isinstance(value, str):
-                cleaned[key] = self._mask(value)
-            elif isinstance(value, dict):
-                cleaned[key] = self._clean(value)
             else:
-                cleaned[key] = value
+                cleaned[key] = self._value(value)
         return cleaned
 
-    def _mask(self, text: str) -> str:
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._mask(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, dict):
+            return self._clean(value)
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._value(item) for item in value]
+        if isinstance(value, bytes):
+            return self._mask(value.decode("utf-8", "replace"))
+        return self._mask(str(value))  # exceptions, URLs, SecretStr and other objects: as text
+
+    def _mask_text(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
+        if _may_hold_shape(text):
+            for pattern, replacement in _SHAPES:
+                text = pattern.sub(replacement, text)
         return text
 
 

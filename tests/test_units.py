@@ -11,7 +11,7 @@ import structlog
 from pydantic import ValidationError
 
 from service import logs
-from service.config import Settings, describe_errors
+from service.config import Settings, describe_errors, secret_values
 from service.retries import decode_done, encode_done
 from service.topology import delay_queue_for
 
@@ -89,3 +89,50 @@ def test_delay_queue_choice() -> None:
     assert delay_queue_for(s, 5).endswith(".5000ms")
     assert delay_queue_for(s, 6).endswith(".30000ms")
     assert delay_queue_for(s, 999).endswith(".30000ms")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.dialnexa.com/v1",
+        "http://127.0.0.1:8089/v1",
+        "http://127.3.2.1/v1",
+        "http://localhost:8089/v1",
+        "http://[::1]:8089/v1",
+    ],
+)
+def test_dialnexa_url_https_or_loopback_is_accepted(url: str) -> None:
+    """https:// anywhere, plain http:// only to this machine (127.0.0.0/8, ::1, localhost)."""
+    assert str(settings(dialnexa_base_url=url).dialnexa_base_url).startswith(url.removesuffix("/v1"))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.dialnexa.com/v1", "http://simulator:8080/v1", "http://10.0.0.8/v1", "http://[::2]/v1"]
+)
+def test_plain_http_elsewhere_is_a_configuration_error(url: str) -> None:
+    """Plain http:// to another host is refused, naming the variable and the override."""
+    with pytest.raises(ValidationError) as caught:
+        settings(dialnexa_base_url=url)
+    (line,) = describe_errors(caught.value)
+    assert line.startswith("CANCELLER_DIALNEXA_BASE_URL: must be an https:// URL")
+    assert "CANCELLER_DIALNEXA_ALLOW_INSECURE_HTTP=true" in line
+    allowed = settings(dialnexa_base_url=url, dialnexa_allow_insecure_http=True)
+    assert allowed.dialnexa_base_url.scheme == "http"
+
+
+def test_insecure_override_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CANCELLER_DIALNEXA_ALLOW_INSECURE_HTTP=true lets a compose stack reach its simulator by name."""
+    monkeypatch.setenv("CANCELLER_DIALNEXA_API_KEY", "k:s")
+    monkeypatch.setenv("CANCELLER_DIALNEXA_BASE_URL", "http://dialnexa-simulator:8089/v1")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("CANCELLER_DIALNEXA_ALLOW_INSECURE_HTTP", "true")
+    assert Settings(_env_file=None).dialnexa_allow_insecure_http  # type: ignore[call-arg]
+
+
+def test_secret_values_cover_every_written_form() -> None:
+    """The redactor learns the key, its secret, and the broker password as written and as decoded."""
+    values = secret_values(
+        settings(dialnexa_api_key="kid:s3cr3t", amqp_url="amqps://svc:p%40ss%2Fword@broker.example.test/")
+    )
+    assert {"kid:s3cr3t", "s3cr3t", "p%40ss%2Fword", "p@ss/word"} <= set(values)
