@@ -37,7 +37,7 @@ from .retries import (
     HEADER_SOURCE_QUEUE,
 )
 
-REASONS = ("invalid", "permanent", "exhausted", "delivery-limit")
+REASONS = ("invalid", "permanent", "exhausted", "delivery-limit", "rejected")
 UNKNOWN = "unknown"
 # Headers a replayed message must not carry: the retry state of its earlier life and the broker's
 # own dead-letter bookkeeping. Its attempt count starts afresh.
@@ -192,8 +192,9 @@ def _text(value: object) -> str:
 
 
 def _int(value: object) -> int | None:
+    """A header number, clamped so a replay can write it back (None when absent or unreadable)."""
     try:
-        return int(str(value)) if value is not None else None
+        return min(max(int(str(value)[:20]), 0), 2**62) if value is not None else None
     except ValueError:
         return None
 

@@ -8,6 +8,7 @@ so a phone number cannot leak through an error text.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -32,6 +33,10 @@ EVENT_TYPES = (CAMPAIGN_ENDED, COMPLAINT_RECEIVED)
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 MAX_WORKFLOWS = 1000
 _NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
+# Input values are echoed in error texts only when they have these shapes (no digits-first runs,
+# so a phone number is never quoted back).
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+_MEDIA_TYPE = re.compile(r"[a-z][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,40}")
 ACCEPTED_CONTENT_TYPES = frozenset({"application/json", "application/cloudevents+json"})
 
 WorkflowId = Annotated[str, StringConstraints(pattern=WORKFLOW_ID_PATTERN)]
@@ -140,7 +145,8 @@ def parse(body: bytes, content_type: str | None, max_bytes: int) -> InboundEvent
         raise InvalidEvent(f"body is {len(body)} bytes, over the {max_bytes}-byte limit")
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type and media_type not in ACCEPTED_CONTENT_TYPES:
-        raise InvalidEvent(f"content type {media_type[:64]!r} is not JSON")
+        shown = repr(media_type) if _MEDIA_TYPE.fullmatch(media_type) else "(value not shown)"
+        raise InvalidEvent(f"content type {shown} is not JSON")
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -161,7 +167,12 @@ def _reason(error: ValidationError) -> str:
         return "body is not a JSON object"
     if kind == "union_tag_invalid":
         tag = str(first.get("ctx", {}).get("tag", ""))
-        return f"unknown event type {tag[:64]!r}"
+        # Quoted only when it looks like a type name, so no personal data can ride along.
+        return (
+            f"unknown event type {tag!r}"
+            if _TYPE_NAME.fullmatch(tag)
+            else "unknown event type (value not shown)"
+        )
     if kind == "union_tag_not_found":
         return "schema: type: Field required"
     return describe_validation(error)

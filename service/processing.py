@@ -100,7 +100,7 @@ class Processor:
 
     async def process(self, message: AbstractIncomingMessage, publisher: Publisher, queue: str) -> None:
         started = time.perf_counter()
-        delivery = Delivery.of(message, int(time.time() * 1000))
+        delivery = Delivery.of(message, int(time.time() * 1000), self._settings.requeue_exchange)
         self._metrics.inflight_events.inc()
         structlog.contextvars.bind_contextvars(message_id=message.message_id, attempt=delivery.attempt)
         try:
@@ -252,6 +252,13 @@ class Processor:
             log.error("event.settle_refused", error=str(error))
             await message.nack(requeue=True)
             return "requeued"
+        except (TypeError, ValueError) as error:
+            # The copy could not be encoded (a header no encoder takes). Rather than hold the
+            # message unacked forever, reject it: the input queue dead-letters it to the DLQ itself.
+            log.error("event.copy_unencodable", error=short(error))
+            await message.nack(requeue=False)
+            self._metrics.dead_lettered.labels("unencodable").inc()
+            return "dead_lettered"
         raise AssertionError(f"unknown outcome {outcome!r}")  # pragma: no cover
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -92,11 +93,23 @@ def _refusals(exchange: str, key: str) -> Iterator[None]:
         raise PublishRefused(f"broker refused the message ({type(error.frame).__name__})") from error
 
 
+def _encodable(value: Any) -> Any:
+    """A header value as it can be written again. A long string that is not UTF-8 is read back as
+    `bytes`, which the AMQP encoder refuses; it goes out as a byte array, inside tables too."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {k: _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value
+
+
 def _copy(
     original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
 ) -> aio_pika.Message:
     """The same body and properties, persistent, with `headers` merged over the original ones."""
-    merged = {k: v for k, v in (original.headers or {}).items() if k not in drop}
+    merged = {k: _encodable(v) for k, v in (original.headers or {}).items() if k not in drop}
     merged.update(headers)
     return aio_pika.Message(
         original.body,

@@ -2,7 +2,8 @@
 
 A retry copy names the queue it returns to, counts the attempts made, remembers when the event
 was first seen, and holds a bitmap of the workflows already settled. That state is trusted only on
-the service's own retry copies: a message replayed from the DLQ starts afresh.
+the service's own retry copies, which arrive through the requeue exchange: a message replayed from
+the DLQ, or published with forged headers, starts afresh.
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ class Delivery:
     done_header: object
 
     @classmethod
-    def of(cls, message: AbstractIncomingMessage, now_ms: int) -> Delivery:
+    def of(cls, message: AbstractIncomingMessage, now_ms: int, requeue_exchange: str) -> Delivery:
+        """Retry state is trusted only on the service's own retry copies: those arrive through the
+        requeue exchange. The same headers on a message a producer published are ignored."""
         headers = message.headers or {}
-        if HEADER_QUEUE not in headers:
+        if HEADER_QUEUE not in headers or message.exchange != requeue_exchange:
             return cls(attempt=1, first_seen_ms=now_ms, done_header=None)
         return cls(
             attempt=_int(headers.get(HEADER_ATTEMPTS)) + 1,
@@ -69,8 +72,13 @@ class Delivery:
         )
 
 
+_MAX_HEADER_INT = 2**62  # what comes back is written again as a signed 64-bit AMQP integer
+
+
 def _int(value: object) -> int:
+    """A non-negative header number, clamped so it can always be encoded again (0 if unreadable)."""
     try:
-        return int(str(value))
+        number = int(str(value)[:20])
     except (TypeError, ValueError):
         return 0
+    return min(max(number, 0), _MAX_HEADER_INT)

@@ -159,3 +159,16 @@ def test_cancelled_event_id_matches_the_standard_library() -> None:
         wf = "".join(rng.choices(string.ascii_letters + "_-", k=rng.randint(1, 128)))
         trigger = "".join(rng.choices(string.printable + "éü✓", k=rng.randint(1, 256)))
         assert cancelled_event_id(wf, trigger) == str(uuid.uuid5(uuid.NAMESPACE_URL, f"{wf}/{trigger}"))
+
+
+def test_error_texts_quote_only_harmless_shapes() -> None:
+    """An unknown type or content type is quoted back only when it cannot be a phone number."""
+    bad_type = json.dumps({**campaign(["wf_1"]), "type": "+15555550123"}).encode()
+    with pytest.raises(InvalidEvent) as caught:
+        parse(bad_type, None, 10_000)
+    assert str(caught.value) == "unknown event type (value not shown)"
+    with pytest.raises(InvalidEvent) as caught:
+        parse(b"{}", "+15555550123", 10_000)
+    assert "5555550123" not in str(caught.value)
+    with pytest.raises(InvalidEvent, match="content type 'text/plain' is not JSON"):
+        parse(b"{}", "text/plain", 10_000)

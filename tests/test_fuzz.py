@@ -262,12 +262,6 @@ POISON_HEADERS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the dead-letter copy re-publishes headers that cannot be encoded again (a non-UTF-8 long"
-    " string decodes to bytes; a forged attempts count over 64 bits is written back as an int): the"
-    " publish raises TypeError and the message stays unacked (docs/security.md, known issues)",
-)
 @pytest.mark.parametrize("headers", list(POISON_HEADERS.values()), ids=list(POISON_HEADERS))
 async def test_poison_headers_are_dead_lettered(
     simulator: Any, broker: BrokerProbe, start_worker: Any, headers: dict[str, Any]
@@ -282,12 +276,6 @@ async def test_poison_headers_are_dead_lettered(
     assert await broker.depth(worker.settings.campaign_queue) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retry state (canceller-return-queue, x-canceller-done) is trusted on any delivery, so a"
-    " publisher to the input exchange can mark workflows as done: service/retries.py should trust it"
-    " only on deliveries from the requeue exchange (docs/security.md, known issues)",
-)
 async def test_forged_retry_state_does_not_skip_workflows(
     simulator: Any, broker: BrokerProbe, start_worker: Any
 ) -> None:
