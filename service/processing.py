@@ -68,6 +68,8 @@ class BrokerLost(Exception):
 BROKER_ERRORS = (
     aiormq.exceptions.AMQPError,
     aio_pika.exceptions.AMQPException,
+    # Publishing on a channel the broker just closed: a RuntimeError, not an AMQPError.
+    aiormq.exceptions.ChannelInvalidStateError,
     OSError,  # ConnectionError is one
     TimeoutError,
 )
