@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -253,12 +255,14 @@ async def test_control_api(sim: Sim) -> None:
         "status_counts": {"409": 1, "500": 1, "429": 1, "200": 1},
         "inflight": 0,
         "max_inflight": 1,
+        "fault_counts": {"5xx": 0, "timeout": 0, "drop": 0, "429": 0},
     }
     calls: list[dict[str, Any]] = (
         await client.get(f"{root}/_sim/calls", params={"workflow_id": "wf_y"})
     ).json()
     assert [c["status"] for c in calls] == [500, 429, 200]
-    assert set(calls[0]) == {"method", "workflow_id", "status", "started_at", "finished_at"}
+    assert set(calls[0]) == {"method", "workflow_id", "status", "started_at", "finished_at", "fault"}
+    assert calls[0]["fault"] is None
     reset = (await client.post(f"{root}/_sim/reset")).json()
     assert reset["call_count"] == 0 and sim.sim.workflows == {} and sim.sim.calls == []
     assert sim.sim.config.camel_case is True
@@ -304,3 +308,164 @@ def test_config_validation() -> None:
         SimConfig(rate_limit=0)
     with pytest.raises(ValueError, match="invalid simulator config"):
         SimConfig(reset_style="iso")  # type: ignore[arg-type]  # deliberately invalid
+
+
+# --- injected faults -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_fault_5xx_answers_a_server_error_and_changes_nothing(sim: Sim) -> None:
+    """With fault_5xx = 1 every call answers 500/502/503/504 with the error body; no workflow changes."""
+    sim.sim.config.fault_5xx = 1.0
+    responses = [await sim.cancel(f"wf_f{i}") for i in range(20)]
+    assert {r.status_code for r in responses} <= {500, 502, 503, 504}
+    assert len({r.status_code for r in responses}) > 1  # not always the same one
+    assert all(r.json()["statusCode"] == r.status_code for r in responses)
+    assert sim.sim.workflows == {}
+    assert sim.sim.fault_counts["5xx"] == 20
+    assert all(c.fault == "5xx" for c in sim.sim.calls)
+
+
+@pytest.mark.asyncio
+async def test_fault_429_carries_retry_after(sim: Sim) -> None:
+    """An injected 429 carries Retry-After: whole seconds as an integer, a fraction as a decimal."""
+    sim.sim.config.fault_429 = 1.0
+    sim.sim.config.fault_retry_after_s = 0.2
+    limited = await sim.cancel("wf_l")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "0.2"
+    assert limited.json()["error"] == "Too Many Requests"
+    sim.sim.config.fault_retry_after_s = 3.0
+    assert (await sim.cancel("wf_l")).headers["Retry-After"] == "3"
+    assert sim.sim.status_counts == {429: 2} and sim.sim.fault_counts["429"] == 2
+
+
+@pytest.mark.asyncio
+async def test_fault_drop_closes_the_connection_without_effect(sim: Sim) -> None:
+    """An injected drop closes the connection without an answer; the workflow is not cancelled."""
+    sim.sim.config.fault_drop = 1.0
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        await sim.cancel("wf_dropped")
+    assert "wf_dropped" not in sim.sim.workflows
+    assert sim.sim.calls_for("wf_dropped")[0].status is None
+    assert sim.sim.calls_for("wf_dropped")[0].fault == "drop"
+    sim.sim.config.fault_drop = 0.0
+    assert (await sim.cancel("wf_dropped")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_fault_timeout_answers_late_but_takes_effect(sim: Sim) -> None:
+    """An injected timeout outlasts the client's read timeout, yet the cancel happens: a retry gets 409."""
+    sim.sim.config.fault_timeout = 1.0
+    sim.sim.config.fault_timeout_s = 0.5
+    with pytest.raises(httpx.ReadTimeout):
+        await sim.client.post(
+            f"{sim.base_url}/workflows/wf_slow/cancel", headers=AUTH, timeout=httpx.Timeout(5.0, read=0.1)
+        )
+    deadline = time.monotonic() + 5
+    while sim.sim.workflows.get("wf_slow") != "cancelled":
+        assert time.monotonic() < deadline, "the late cancel never took effect"
+        await asyncio.sleep(0.02)
+    sim.sim.config.fault_timeout = 0.0
+    assert (await sim.cancel("wf_slow")).status_code == 409
+    record = sim.sim.calls_for("wf_slow")[0]
+    assert record.fault == "timeout" and record.finished_at - record.started_at >= 0.5
+
+
+@pytest.mark.asyncio
+async def test_scripted_answers_and_auth_come_before_faults(sim: Sim) -> None:
+    """A scripted answer and a 401 are never replaced by an injected fault."""
+    sim.sim.config.fault_5xx = 1.0
+    sim.sim.script("wf_p", [200])
+    assert (await sim.cancel("wf_p")).status_code == 200
+    assert (await sim.cancel("wf_p", {"Authorization": "Bearer wrong:key"})).status_code == 401
+    assert (await sim.cancel("wf_p")).status_code in (500, 502, 503, 504)
+    assert sim.sim.fault_counts["5xx"] == 1
+
+
+async def _statuses(config: SimConfig, calls: int) -> list[int | None]:
+    simulator = Simulator(config)
+    runner, base_url = await start_simulator(simulator)
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            for i in range(calls):
+                with contextlib.suppress(httpx.TransportError):
+                    await client.post(f"{base_url}/workflows/wf_seed{i}/cancel", headers=AUTH)
+        return [c.status for c in simulator.calls]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_seeded_faults_are_reproducible() -> None:
+    """The same fault_seed gives the same sequence of answers; another seed gives another."""
+    rates = {"fault_5xx": 0.3, "fault_drop": 0.1, "fault_429": 0.2, "fault_retry_after_s": 0.0}
+    first = await _statuses(SimConfig(fault_seed=7, **rates), 40)
+    again = await _statuses(SimConfig(fault_seed=7, **rates), 40)
+    other = await _statuses(SimConfig(fault_seed=8, **rates), 40)
+    assert first == again
+    assert first != other
+    assert {None, 429, 200} <= set(first)
+
+
+@pytest.mark.asyncio
+async def test_control_api_sets_fault_rates_and_reseeds(sim: Sim) -> None:
+    """Fault knobs are set over /_sim/config (validated), counted in /_sim/stats and named in /_sim/calls."""
+    client, root = sim.client, sim.root
+    for bad in (
+        {"fault_5xx": 1.5},
+        {"fault_drop": -0.1},
+        {"fault_5xx": 0.6, "fault_429": 0.6},
+        {"fault_seed": "x"},
+    ):
+        assert (await client.post(f"{root}/_sim/config", json=bad)).status_code == 400, bad
+    assert sim.sim.config.fault_rates() == {"5xx": 0.0, "timeout": 0.0, "drop": 0.0, "429": 0.0}
+    body = {"fault_5xx": 0.5, "fault_429": 0.5, "fault_retry_after_s": 0, "fault_seed": 3}
+    config = (await client.post(f"{root}/_sim/config", json=body)).json()
+    assert config["fault_5xx"] == 0.5 and config["fault_seed"] == 3
+    first = [(await sim.cancel(f"wf_k{i}")).status_code for i in range(10)]
+    # Setting the seed again restarts its sequence.
+    assert (await client.post(f"{root}/_sim/config", json={"fault_seed": 3})).status_code == 200
+    again = [(await sim.cancel(f"wf_k{i}")).status_code for i in range(10)]
+    assert first == again and all(code != 200 for code in first)
+    stats = (await client.get(f"{root}/_sim/stats")).json()
+    assert stats["fault_counts"]["5xx"] + stats["fault_counts"]["429"] == 20
+    calls = (await client.get(f"{root}/_sim/calls")).json()
+    assert {c["fault"] for c in calls} <= {"5xx", "429"}
+    assert (await client.post(f"{root}/_sim/reset")).json()["fault_counts"]["429"] == 0
+
+
+@pytest.mark.asyncio
+async def test_cli_fault_flags() -> None:
+    """The CLI's fault flags reach the config: --fault-5xx 1 makes every call a server error."""
+    port = await asyncio.to_thread(_free_port)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.simulator", "--port", str(port),
+        "--fault-5xx", "1", "--fault-seed", "5", "--fault-timeout-s", "0.5",
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), timeout=10.0)
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            response = await client.post(f"http://127.0.0.1:{port}/v1/workflows/wf_c/cancel", headers=AUTH)
+            assert response.status_code in (500, 502, 503, 504)
+            stats = (await client.get(f"http://127.0.0.1:{port}/_sim/stats")).json()
+            assert stats["fault_counts"]["5xx"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10.0) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_fault_config_validation() -> None:
+    """Fault rates are probabilities whose sum is at most 1; the defaults inject nothing."""
+    assert SimConfig().fault_rates() == {"5xx": 0.0, "timeout": 0.0, "drop": 0.0, "429": 0.0}
+    SimConfig(fault_5xx=0.5, fault_timeout=0.2, fault_drop=0.2, fault_429=0.1)
+    for bad in ({"fault_5xx": 1.01}, {"fault_429": 0.6, "fault_drop": 0.5}, {"fault_timeout_s": -1.0}):
+        with pytest.raises(ValueError, match="invalid simulator config"):
+            SimConfig(**bad)  # type: ignore[arg-type]  # deliberately invalid

@@ -23,6 +23,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--envelope", choices=("bare", "wrapped"), default=defaults.envelope)
     parser.add_argument("--camel-case", action="store_true", help="camelCase field names")
     parser.add_argument("--no-auto-create", action="store_true", help="unknown ids answer 404")
+    faults = parser.add_argument_group("injected faults", "probability per /v1 call (0 to 1; default 0)")
+    faults.add_argument("--fault-5xx", type=float, default=0.0, help="answer 500, 502, 503 or 504")
+    faults.add_argument(
+        "--fault-timeout", type=float, default=0.0, help="answer only after --fault-timeout-s"
+    )
+    faults.add_argument("--fault-drop", type=float, default=0.0, help="close the connection, no answer")
+    faults.add_argument("--fault-429", type=float, default=0.0, help="429 with Retry-After")
+    faults.add_argument("--fault-timeout-s", type=float, default=defaults.fault_timeout_s)
+    faults.add_argument("--fault-retry-after-s", type=float, default=defaults.fault_retry_after_s)
+    faults.add_argument("--fault-seed", type=int, default=None, help="seed of the fault RNG (reproducible)")
     return parser.parse_args(argv)
 
 
@@ -53,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             envelope=args.envelope,
             camel_case=args.camel_case,
             auto_create=not args.no_auto_create,
+            fault_5xx=args.fault_5xx,
+            fault_timeout=args.fault_timeout,
+            fault_drop=args.fault_drop,
+            fault_429=args.fault_429,
+            fault_timeout_s=args.fault_timeout_s,
+            fault_retry_after_s=args.fault_retry_after_s,
+            fault_seed=args.fault_seed,
         )
     except ValueError as exc:
         raise SystemExit(f"dialnexa-simulator: {exc}") from exc

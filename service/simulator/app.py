@@ -2,7 +2,12 @@
 
 Serves `POST /v1/workflows/{id}/cancel` and `GET /v1/workflows/{id}` with the real API's shapes
 (see DIALNEXA_API.md), plus a JSON control API under `/_sim/` for other processes and `/healthz`.
-Order of checks for a /v1 call: latency, rate limit, auth, scripted action, normal behaviour.
+Order of checks for a /v1 call: latency, rate limit, auth, scripted action, injected fault, normal
+behaviour. Injected faults are drawn per call with the configured probabilities from one RNG (seeded
+by `fault_seed`, so a run's sequence of draws is reproducible): a 5xx, a timeout (the answer comes
+after `fault_timeout_s`, longer than a client's read timeout, and the cancel still takes effect, as
+when an answer is lost on the way back), a dropped connection (nothing happens), or a 429 with
+`Retry-After: fault_retry_after_s`. All rates default to 0: existing behaviour is unchanged.
 The request path does no logging and no scan of call history, so benchmarks measure the client.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -25,6 +31,8 @@ TERMINAL = frozenset({"completed", "cancelled"})
 MAX_CALL_RECORDS = 100_000
 _SHUTDOWN_TIMEOUT_S = 1.0
 _ACTION_KEYS = frozenset({"status", "retry_after", "envelope", "delay_s", "drop"})
+FAULT_KINDS = ("5xx", "timeout", "drop", "429")
+_SERVER_ERRORS = (500, 502, 503, 504)
 _CAMEL = {
     "node_count": "nodeCount",
     "edge_count": "edgeCount",
@@ -56,9 +64,36 @@ class SimConfig:
     envelope: Literal["bare", "wrapped"] = "bare"
     camel_case: bool = False
     auto_create: bool = True
+    # Injected faults: probability per /v1 call of each kind (their sum at most 1).
+    fault_5xx: float = 0.0
+    fault_timeout: float = 0.0
+    fault_drop: float = 0.0
+    fault_429: float = 0.0
+    fault_timeout_s: float = 2.0  # how long a "timeout" holds the answer back
+    fault_retry_after_s: float = 1.0  # Retry-After of an injected 429 (fractions are sent as such)
+    fault_seed: int | None = None  # None: a fresh random sequence
+
+    def fault_rates(self) -> dict[str, float]:
+        """Probability per call of each injected fault kind."""
+        return {
+            "5xx": self.fault_5xx,
+            "timeout": self.fault_timeout,
+            "drop": self.fault_drop,
+            "429": self.fault_429,
+        }
 
     def __post_init__(self) -> None:
-        ok = (
+        rates = self.fault_rates().values()
+        faults_ok = (
+            all(_is_number(r) and 0 <= r <= 1 for r in rates)
+            and sum(rates) <= 1
+            and _is_number(self.fault_timeout_s)
+            and self.fault_timeout_s >= 0
+            and _is_number(self.fault_retry_after_s)
+            and self.fault_retry_after_s >= 0
+            and (self.fault_seed is None or _is_int(self.fault_seed))
+        )
+        ok = faults_ok and (
             isinstance(self.api_key, str)
             and (self.forbidden_key is None or isinstance(self.forbidden_key, str))
             and _is_number(self.latency_s)
@@ -77,13 +112,17 @@ class SimConfig:
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One /v1 call: `status` is None when the connection was dropped; times are monotonic."""
+    """One /v1 call: `status` is None when the connection was dropped; times are monotonic.
+
+    `fault` names the injected fault that shaped the answer (None for scripted or normal ones).
+    """
 
     method: str
     workflow_id: str
     status: int | None
     started_at: float
     finished_at: float
+    fault: str | None = None
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -137,8 +176,11 @@ class Simulator:
         self._calls: deque[CallRecord] = deque(maxlen=MAX_CALL_RECORDS)
         self.status_counts: dict[int, int] = defaultdict(int)
         self.call_count = self.inflight = self.max_inflight = 0
+        self.fault_counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         self._window_start: float | None = None
         self._window_count = 0
+        self._rng = random.Random(self.config.fault_seed)  # noqa: S311  # fault injection, not crypto
+        self._seeded_with = self.config.fault_seed
 
     # -- Python API ---------------------------------------------------------------------------
     def script(self, workflow_id: str, actions: Sequence[Action]) -> None:
@@ -151,6 +193,11 @@ class Simulator:
         if status not in STATUSES:
             raise ValueError(f"unknown workflow status: {status!r}")
         self.workflows[workflow_id] = status
+
+    def reseed(self) -> None:
+        """Restart the fault RNG from `config.fault_seed` (a fresh random sequence when None)."""
+        self._rng.seed(self.config.fault_seed)
+        self._seeded_with = self.config.fault_seed
 
     def calls_for(self, workflow_id: str) -> list[CallRecord]:
         """Every recorded call to one workflow (a scan: for tests, not the request path)."""
@@ -168,6 +215,7 @@ class Simulator:
             "status_counts": dict(self.status_counts),
             "inflight": self.inflight,
             "max_inflight": self.max_inflight,
+            "fault_counts": dict(self.fault_counts),
         }
 
     def reset(self) -> None:
@@ -177,6 +225,7 @@ class Simulator:
         self._calls.clear()
         self.call_count = 0
         self.status_counts.clear()
+        self.fault_counts = dict.fromkeys(FAULT_KINDS, 0)
         self.max_inflight = self.inflight
         self._window_start, self._window_count = None, 0
 
@@ -202,8 +251,9 @@ class Simulator:
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         status: int | None = None
+        fault: list[str] = []  # set by _answer when an injected fault shapes this call
         try:
-            response, headers = await self._answer(request, method, workflow_id)
+            response, headers = await self._answer(request, method, workflow_id, fault)
             if response is None:  # drop: close without a byte; aiohttp's write then fails quietly
                 if request.transport is not None:
                     request.transport.close()
@@ -216,10 +266,15 @@ class Simulator:
             self.call_count += 1
             if status is not None:
                 self.status_counts[status] += 1
-            self._calls.append(CallRecord(method, workflow_id, status, started, time.monotonic()))
+            if fault:
+                self.fault_counts[fault[0]] += 1
+            record = CallRecord(
+                method, workflow_id, status, started, time.monotonic(), fault[0] if fault else None
+            )
+            self._calls.append(record)
 
     async def _answer(
-        self, request: web.Request, method: str, workflow_id: str
+        self, request: web.Request, method: str, workflow_id: str, fault: list[str]
     ) -> tuple[web.Response | None, dict[str, str]]:
         config = self.config
         if config.latency_s > 0:
@@ -242,7 +297,32 @@ class Simulator:
             if not queue:
                 del self._scripts[workflow_id]
             return await self._scripted(action, method, workflow_id, headers)
+        kind = self._draw_fault(config)
+        if kind is not None:
+            fault.append(kind)
+            if kind == "5xx":
+                return _error(self._rng.choice(_SERVER_ERRORS)), headers
+            if kind == "drop":
+                return None, headers
+            if kind == "429":
+                headers["Retry-After"] = _seconds(config.fault_retry_after_s)
+                return _error(429), headers
+            await asyncio.sleep(config.fault_timeout_s)  # "timeout": late, but it does take effect
         return self._normal(method, workflow_id, config.envelope), headers
+
+    def _draw_fault(self, config: SimConfig) -> str | None:
+        """One draw per call: which injected fault, if any, this call gets."""
+        rates = config.fault_rates()
+        if not any(rates.values()):
+            return None
+        if config.fault_seed != self._seeded_with:  # the seed was changed on the config object
+            self.reseed()
+        draw = self._rng.random()
+        for kind, rate in rates.items():
+            if draw < rate:
+                return kind
+            draw -= rate
+        return None
 
     def _rate_limit(self, config: SimConfig, limit: int, headers: dict[str, str]) -> int | None:
         """Count this call in the fixed window; set X-RateLimit-*; return Retry-After if over."""
@@ -333,6 +413,8 @@ class Simulator:
             raise _bad_request(str(exc)) from exc
         for name in body:  # update in place: holders of sim.config see the change
             setattr(self.config, name, getattr(merged, name))
+        if "fault_seed" in body:  # setting a seed (even the same one) restarts its sequence
+            self.reseed()
         return web.json_response(asdict(self.config))
 
     async def _sim_script(self, request: web.Request) -> web.Response:
@@ -358,6 +440,11 @@ class Simulator:
     async def _sim_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response(self.stats())
+
+
+def _seconds(value: float) -> str:
+    """A delay-seconds header value: whole seconds as an integer, a fraction as a decimal."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _error(status: int, workflow_id: str = "", current: str = "cancelled") -> web.Response:
