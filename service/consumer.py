@@ -91,6 +91,12 @@ class Worker:
                     if lost.is_set():
                         raise BrokerLost("connection or channel closed while paused")
                     return  # stopped while paused: nothing is in flight
+        except RuntimeError as error:
+            # aio-pika raises a plain RuntimeError for a channel asked of a connection the broker
+            # just closed (a cut during setup): a lost session, not a reason to stop the worker.
+            if lost.is_set() or connection.is_closed:
+                raise BrokerLost(f"connection closed during setup: {short(error)}") from error
+            raise
         finally:
             self._readiness.stopped()
             await self._abandon_inflight()
