@@ -17,6 +17,9 @@ help:
 	@echo "make test       install everything, lint, type-check, validate deploy files, run every test"
 	@echo "make test-fast  the unit tests only (no broker)"
 	@echo "make bench      the benchmarks against the local RabbitMQ and the simulator; writes docs/benchmarks.md"
+	@echo "make chaos      the long chaos drill (50,000 events, API faults, broker cuts, SIGKILLs, two workers)"
+	@echo "make soak       2 minutes of steady load, RSS/fds/tasks per 100k messages (soak-long: 30 minutes)"
+	@echo "make audit      known vulnerabilities in the locked dependencies (part of make test)"
 
 $(UV):
 	python3 -m venv $(TOOLS)

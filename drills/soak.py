@@ -5,10 +5,10 @@
     python -m drills.soak --minutes 10 --rate 250
 
 Publishes events (campaign-ended with 1-3 workflows, complaint-received with 1) at a fixed rate to
-a vhost of the run's own, where one worker process (`python -m drills.instrumented run`: the real
-worker plus a gauge of its asyncio tasks) cancels them against the simulator (its own process).
+a vhost of the run's own, where one worker process (`python -m service run`) cancels them against
+the simulator (its own process).
 Every `interval` it samples the worker's VmRSS and thread count (/proc/<pid>/status), its open
-file descriptors (/proc/<pid>/fd), its asyncio tasks (the gauge), messages processed (its
+file descriptors (/proc/<pid>/fd), its asyncio tasks (`canceller_asyncio_tasks`), messages processed (its
 /metrics) and the input backlog. After the load it waits, with a deadline, until every published
 event is processed. Growth is the slope of a least-squares line over the second half of the
 samples, against messages processed, per 100,000 messages. Samples go to a CSV and a markdown file.
@@ -57,8 +57,8 @@ from drills.common import (
     wait_for,
     worker_env,
 )
-from drills.instrumented import TASKS_GAUGE
 
+TASKS_GAUGE = "canceller_asyncio_tasks"  # the worker's own gauge of tasks alive in its loop
 OUTPUTS_QUEUE = "soak.outputs"
 FD_GROWTH_LIMIT_PER_100K = 10.0  # more than this many fds per 100,000 messages is a leak
 
@@ -245,7 +245,7 @@ async def _soak(
     if config.terminal_cache_size is not None:
         extra["CANCELLER_TERMINAL_CACHE_SIZE"] = str(config.terminal_cache_size)
     env = worker_env(vhost.url, sim.base_url, port, extra)
-    worker = await spawn("worker", [PYTHON, "-m", "drills.instrumented", "run"], env, out_dir, port)
+    worker = await spawn("worker", [PYTHON, "-m", "service", "run"], env, out_dir, port)
     procs.insert(0, worker)  # stopped first
 
     async def ready() -> bool:
