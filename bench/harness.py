@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import sys
@@ -26,6 +25,8 @@ from typing import Any
 import aio_pika
 import aiohttp
 from pamqp import commands as spec
+
+from drills.common import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -278,42 +279,6 @@ class Trial:
 # --- processes ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    """A child process (worker, raw loop, simulator) with its log file and HTTP port."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    port: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
-    def log_tail(self, lines: int = 5) -> str:
-        with contextlib.suppress(OSError):
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])[-600:]
-        return ""
-
-    async def stop(self, timeout_s: float = 8, sig: int = signal.SIGTERM) -> int | None:
-        """`sig` (SIGTERM), then SIGKILL after `timeout_s`; returns the exit code."""
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                await self.process.wait()
-        return self.process.returncode
-
-
 def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
     env.update(extra)
@@ -328,7 +293,7 @@ async def spawn(name: str, argv: list[str], env: dict[str, str], port: int | Non
         process = await asyncio.create_subprocess_exec(
             *argv, cwd=ROOT, env=_clean_env(env), stdout=log, stderr=asyncio.subprocess.STDOUT
         )
-    return Proc(name, process, log_path, port)
+    return Proc(name, process, log_path, port)  # the drills' process handle: one kind for both
 
 
 def worker_env(

@@ -156,7 +156,7 @@ async def queue_depth(connection: AbstractConnection, queue: str) -> int:
 
 @dataclass
 class Proc:
-    """A child process with its log file (and HTTP port, when it serves one)."""
+    """A child process with its log file (and HTTP port, when it serves one); bench uses it too."""
 
     name: str
     process: asyncio.subprocess.Process
@@ -185,11 +185,11 @@ class Proc:
         await self.process.wait()
         return self.process.returncode
 
-    async def stop(self, timeout_s: float = 30) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout_s`; the exit code."""
+    async def stop(self, timeout_s: float = 30, sig: int = signal.SIGTERM) -> int | None:
+        """`sig` (SIGTERM), then SIGKILL after `timeout_s`; the exit code."""
         if self.alive:
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+                self.process.send_signal(sig)
             try:
                 await asyncio.wait_for(self.process.wait(), timeout_s)
             except TimeoutError:

@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from .config import CommonSettings
+from .publisher import HeaderValue, copy_message
 from .retries import (
     HEADER_ATTEMPTS,
     HEADER_DEAD_LETTERED,
@@ -338,21 +338,11 @@ class DeadLetters:
 
     async def _republish(self, message: AbstractIncomingMessage, letter: Letter, target: str) -> None:
         """Publish a fresh copy to `target` through the default exchange and wait for the confirm."""
-        headers = {k: v for k, v in (message.headers or {}).items() if k not in _STALE_HEADERS}
-        headers[HEADER_REPLAYED_AT] = datetime.now(UTC).isoformat(timespec="seconds")
-        headers[HEADER_REPLAYS] = letter.replays + 1
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            correlation_id=message.correlation_id,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-        )
+        audit: dict[str, HeaderValue] = {
+            HEADER_REPLAYED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
+            HEADER_REPLAYS: letter.replays + 1,
+        }
+        copy = copy_message(message, audit, drop=_STALE_HEADERS)
         await self._channel.default_exchange.publish(
             copy, target, mandatory=True, timeout=self._settings.publish_timeout_s
         )

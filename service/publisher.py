@@ -8,7 +8,7 @@ only once the broker has confirmed the message, so the input message can be acke
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -69,13 +69,14 @@ class Publisher:
         self, original: AbstractIncomingMessage, queue: str, headers: dict[str, HeaderValue]
     ) -> None:
         """Park a copy of `original` in a delay queue (through the default exchange)."""
-        await self._confirmed(self._channel.default_exchange, _copy(original, headers), queue)
+        await self._confirmed(self._channel.default_exchange, copy_message(original, headers), queue)
 
     async def to_dead_letter(
         self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
     ) -> None:
         """Send a copy of `original`, body untouched, to the dead-letter exchange, without `drop`."""
-        await self._confirmed(self._dead_letter, _copy(original, headers, drop), original.routing_key or "")
+        copy = copy_message(original, headers, drop)
+        await self._confirmed(self._dead_letter, copy, original.routing_key or "")
 
     async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
         with _refusals(exchange.name, key):
@@ -105,8 +106,8 @@ def _encodable(value: Any) -> Any:
     return value
 
 
-def _copy(
-    original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
+def copy_message(
+    original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: Collection[str] = ()
 ) -> aio_pika.Message:
     """The same body and properties, persistent, with `headers` merged over the original ones."""
     merged = {k: _encodable(v) for k, v in (original.headers or {}).items() if k not in drop}
