@@ -1,0 +1,163 @@
+"""The ingress's one broker connection: confirmed, mandatory publishes; reconnects in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from datetime import UTC, datetime
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import AbstractConnection, AbstractExchange
+
+from .. import broker, webhooks
+from ..events import InboundEvent
+from .metrics import IngressMetrics
+from .settings import IngressSettings
+
+log = structlog.get_logger("workflow_canceller.ingress")
+
+WEBHOOK_ID_HEADER = "canceller-webhook-id"
+
+_BROKER_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: publishing on a closed channel
+    OSError,
+    TimeoutError,
+)
+
+
+class Unavailable(Exception):
+    """The event was not confirmed by the broker; the sender should retry. `reason` is bounded."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerLink:
+    """One connection and one confirming channel to the input exchange, kept up in the background."""
+
+    def __init__(self, settings: IngressSettings, metrics: IngressMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._exchange: AbstractExchange | None = None
+        self._lost = asyncio.Event()
+        self._was_up = False
+        metrics.ready.set(0)
+
+    @property
+    def ready(self) -> bool:
+        return self._exchange is not None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until `stop` is set, reconnecting with capped, jittered backoff."""
+        backoff_s = self._settings.reconnect_initial_s
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except _BROKER_ERRORS as error:
+                if self._was_up:  # a working connection was lost: start the backoff afresh
+                    backoff_s, self._was_up = self._settings.reconnect_initial_s, False
+                self._metrics.broker_reconnects.inc()
+                log.warning("broker.unavailable", error=_short(error), retry_in_s=round(backoff_s, 2))
+                await _wait(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
+                backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        connection = await broker.connect(self._settings, "ingress")
+        self._lost = lost = asyncio.Event()
+        try:
+            connection.close_callbacks.add(lambda *_: lost.set())
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel.close_callbacks.add(lambda *_: lost.set())
+            exchange = await channel.declare_exchange(
+                self._settings.input_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._up(exchange)
+            await _first(stop, lost)
+            if not stop.is_set():
+                raise ConnectionError("connection or channel closed")
+        finally:
+            self._down()
+            await _close_quietly(connection)
+
+    def _up(self, exchange: AbstractExchange) -> None:
+        self._exchange = exchange
+        self._was_up = True
+        self._metrics.ready.set(1)
+        log.info("broker.connected", exchange=exchange.name)
+
+    def _down(self) -> None:
+        self._exchange = None
+        self._metrics.ready.set(0)
+
+    async def publish(self, body: bytes, event: InboundEvent, webhook_id: str) -> None:
+        """Publish one event and wait for the broker's confirm; `Unavailable` if it is not confirmed."""
+        exchange = self._exchange
+        if exchange is None:
+            raise Unavailable("not_connected", "not connected to the broker")
+        message = aio_pika.Message(
+            body,
+            content_type=webhooks.STRUCTURED,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=event.id,
+            type=event.type,
+            timestamp=datetime.now(UTC),
+            headers={WEBHOOK_ID_HEADER: webhook_id},
+        )
+        started = time.monotonic()
+        result = "interrupted"  # until the broker answers (e.g. the process is stopping)
+        try:
+            await exchange.publish(
+                message, event.type, mandatory=True, timeout=self._settings.publish_timeout_s
+            )
+            result = "confirmed"
+        except _BROKER_ERRORS as error:
+            failure = self._failure(error)
+            result = failure.reason
+            raise failure from error
+        finally:
+            self._metrics.publish_duration.labels(result).observe(time.monotonic() - started)
+        self._metrics.published.labels(event.type).inc()
+
+    def _failure(self, error: BaseException) -> Unavailable:
+        """What a failed publish means for the sender; a broken channel also ends the session."""
+        if isinstance(error, aiormq.exceptions.PublishError):
+            return Unavailable("unroutable", "no queue is bound for this event type (is the worker up?)")
+        if isinstance(error, aiormq.exceptions.DeliveryError):
+            return Unavailable("refused", "the broker refused the event")
+        if isinstance(error, TimeoutError):
+            return Unavailable("unconfirmed", "the broker did not confirm the event in time")
+        self._lost.set()
+        return Unavailable("broker_error", "the broker connection failed while publishing")
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return as soon as one of `events` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep for `seconds` unless `stop` is set first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _close_quietly(connection: AbstractConnection) -> None:
+    with contextlib.suppress(*_BROKER_ERRORS):
+        await connection.close()
+
+
+def _short(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:200]
