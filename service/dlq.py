@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -61,14 +61,18 @@ _STALE_HEADERS = frozenset(
         "x-delivery-count",
     }
 )
+# Event types are shown only when shaped like a type name (so a phone number in `type` is not).
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 # A run of 8+ digits (with the separators people type) not glued to a word: a phone number, maybe.
 _PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{6,}\d(?![\w-])")
 _TEXT_LIMIT = 200
 
 
 def mask(text: str, limit: int = _TEXT_LIMIT) -> str:
-    """`text` on one line, bounded, with anything that looks like a phone number masked."""
-    flat = " ".join(text.split())
+    """`text` on one line, printable, bounded, with anything that looks like a phone number masked
+    (no escape sequence or newline from a message reaches the operator's terminal)."""
+    printable = "".join(c if c.isprintable() else " " for c in text[: limit * 4])
+    flat = " ".join(printable.split())
     return _PHONE.sub("[masked]", flat)[:limit]
 
 
@@ -135,15 +139,14 @@ def read_letter(message: AbstractIncomingMessage) -> Letter:
             "delivery-limit" if _text(death.get("reason")) == "delivery_limit" else _text(death.get("reason"))
         )
     event_id, event_type = _envelope(message.body)
+    source = _text(headers.get(HEADER_SOURCE_QUEUE)) or (_text(death.get("queue")) if death else "")
     return Letter(
-        reason=reason or UNKNOWN,
+        reason=mask(reason, 32) or UNKNOWN,
         error=mask(_text(headers.get(HEADER_ERROR))),
         attempts=_int(headers.get(HEADER_ATTEMPTS)),
         event_id=mask(event_id, 256) if event_id else None,
-        event_type=event_type or UNKNOWN,
-        source_queue=_text(headers.get(HEADER_SOURCE_QUEUE))
-        or (_text(death.get("queue")) if death else None)
-        or None,
+        event_type=event_type if event_type and _TYPE_NAME.fullmatch(event_type) else UNKNOWN,
+        source_queue=mask(source, 255) or None,
         dead_lettered_at=_dead_lettered_at(headers, death, message),
         replays=_int(headers.get(HEADER_REPLAYS)) or 0,
     )
@@ -161,7 +164,10 @@ def _dead_lettered_at(
 ) -> datetime | None:
     millis = _int(headers.get(HEADER_DEAD_LETTERED))
     if millis:
-        return datetime.fromtimestamp(millis / 1000, UTC)
+        try:
+            return datetime.fromtimestamp(millis / 1000, UTC)
+        except (ValueError, OverflowError, OSError):  # a header no clock can mean: age unknown
+            return None
     stamp = death.get("time") if death else None
     if not isinstance(stamp, datetime):
         stamp = message.timestamp
@@ -224,6 +230,14 @@ class Moved:
 AfterPublish = Callable[[Letter], Awaitable[None]]
 
 
+async def _give_back(last: AbstractIncomingMessage | None) -> None:
+    """Return every unacked message to the DLQ, in order, with one frame: `multiple` covers each
+    unacked delivery up to `last`, the last one left (acked ones are settled already).
+    A nack has no confirm: the messages are ready again a moment later, not at return."""
+    if last is not None:
+        await last.nack(multiple=True, requeue=True)
+
+
 class DeadLetters:
     """Operations on the DLQ over one channel with publisher confirms."""
 
@@ -234,38 +248,38 @@ class DeadLetters:
     async def _queue(self) -> AbstractQueue:
         return await self._channel.get_queue(self._settings.dead_letter_queue, ensure=True)
 
-    async def _take_all(self) -> list[AbstractIncomingMessage]:
-        """Every message in the DLQ at this moment, taken unacked (given back by `_give_back`)."""
+    async def _scan(self) -> AsyncIterator[AbstractIncomingMessage]:
+        """The messages in the DLQ at this moment, one at a time, taken unacked.
+
+        Bounded by the count at the start, so messages dead-lettered meanwhile do not keep it
+        going. The caller keeps only what it needs (a summary, the last message it leaves), so a
+        large DLQ is not held in memory.
+        """
         queue = await self._queue()
         declared = await self._channel.declare_queue(queue.name, passive=True)
         expected = declared.declaration_result.message_count or 0
-        taken: list[AbstractIncomingMessage] = []
-        while len(taken) < expected:
+        for _ in range(expected):
             message = await queue.get(no_ack=False, fail=False, timeout=self._settings.publish_timeout_s)
             if message is None:
-                break
-            taken.append(message)
-        return taken
-
-    async def _give_back(self, kept: list[AbstractIncomingMessage]) -> None:
-        """Return the unacked messages to the DLQ, in order, with one frame: `multiple` covers
-        every unacked delivery up to the last kept one, and only kept ones are still unacked.
-        A nack has no confirm: the messages are ready again a moment later, not at return."""
-        if kept:
-            await kept[-1].nack(multiple=True, requeue=True)
+                return
+            yield message
 
     async def summary(self, limit: int) -> Summary:
         """Counts by reason and event type, and the `limit` most recently dead-lettered messages."""
-        messages = await self._take_all()
+        result = Summary(self._settings.dead_letter_queue)
+        letters: list[Letter] = []
+        last: AbstractIncomingMessage | None = None
         try:
-            letters = [read_letter(message) for message in messages]
+            async for message in self._scan():
+                last = message
+                letter = read_letter(message)
+                result.count += 1
+                result.by_reason[letter.reason] += 1
+                result.by_event_type[letter.event_type] += 1
+                result.by_reason_and_type[(letter.reason, letter.event_type)] += 1
+                letters.append(letter)
         finally:
-            await self._give_back(messages)
-        result = Summary(self._settings.dead_letter_queue, count=len(letters))
-        for letter in letters:
-            result.by_reason[letter.reason] += 1
-            result.by_event_type[letter.event_type] += 1
-            result.by_reason_and_type[(letter.reason, letter.event_type)] += 1
+            await _give_back(last)
         oldest = datetime.min.replace(tzinfo=UTC)
         result.newest = sorted(letters, key=lambda x: x.dead_lettered_at or oldest, reverse=True)[:limit]
         return result
@@ -276,54 +290,62 @@ class DeadLetters:
         *,
         limit: int | None,
         dry_run: bool,
+        moved: Moved | None = None,
         after_publish: AfterPublish | None = None,
     ) -> Moved:
-        """Republish matching messages to their input queues (confirmed), then remove them."""
-        return await self._act(selection, limit, dry_run, self._republish, after_publish)
+        """Republish matching messages to their input queues (confirmed), then remove them.
 
-    async def purge(self, selection: Filter, *, limit: int | None, dry_run: bool) -> Moved:
+        Progress goes into `moved` as it happens, so a caller still knows what was done when a
+        later message fails.
+        """
+        return await self._act(selection, limit, dry_run, moved or Moved(), self._republish, after_publish)
+
+    async def purge(
+        self, selection: Filter, *, limit: int | None, dry_run: bool, moved: Moved | None = None
+    ) -> Moved:
         """Remove matching messages for good."""
-        return await self._act(selection, limit, dry_run, None, None)
+        return await self._act(selection, limit, dry_run, moved or Moved(), None, None)
 
     async def _act(
         self,
         selection: Filter,
         limit: int | None,
         dry_run: bool,
+        moved: Moved,
         republish: Callable[[AbstractIncomingMessage, Letter, str], Awaitable[None]] | None,
         after_publish: AfterPublish | None,
     ) -> Moved:
         now = datetime.now(UTC)
-        moved = Moved()
-        kept: list[AbstractIncomingMessage] = []
-        messages = await self._take_all()
+        kept: AbstractIncomingMessage | None = None  # the last one left unacked
         try:
-            for message in messages:
+            async for message in self._scan():
                 letter = read_letter(message)
-                if not selection.matches(letter, now) or (limit is not None and len(moved.matched) >= limit):
-                    kept.append(message)
+                if not selection.matches(letter, now):
+                    kept = message
                     continue
-                moved.matched.append(letter)
                 target = self.target_queue(letter) if republish else ""
                 if republish and target is None:
                     moved.skipped.append((letter, "no input queue known for this message"))
-                    kept.append(message)
+                    kept = message
                     continue
+                moved.matched.append(letter)
                 if dry_run:
-                    kept.append(message)
+                    kept = message
                     moved.targets[target or "(deleted)"] += 1
-                    continue
-                if republish and target:
-                    await republish(message, letter, target)
-                    if after_publish is not None:
-                        await after_publish(letter)
-                # Acking one of several unacked messages is fine; what is kept is given back below.
-                await message.ack()
-                moved.done.append(letter)
-                moved.targets[target or "(deleted)"] += 1
+                else:
+                    if republish and target:
+                        await republish(message, letter, target)
+                        if after_publish is not None:
+                            await after_publish(letter)
+                    # Acking one of several unacked messages is fine; the rest are given back below.
+                    await message.ack()
+                    moved.done.append(letter)
+                    moved.targets[target or "(deleted)"] += 1
+                if limit is not None and len(moved.matched) >= limit:
+                    break  # the rest were never taken: nothing to give back for them
         finally:
             # Everything not acked is given back; on an exception the channel's close would do it too.
-            await self._give_back(kept)
+            await _give_back(kept)
         return moved
 
     def target_queue(self, letter: Letter) -> str | None:

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from . import broker, topology
 from .config import CommonSettings, Settings, secret_values
 from .dialnexa import AuthError, DialNexaClient, DialNexaError, build_http_client, build_transport
-from .dlq import REASONS, DeadLetters, Filter, Letter, Moved, Summary
+from .dlq import REASONS, DeadLetters, Filter, Letter, Moved, Summary, mask
 from .events import CAMPAIGN_ENDED, COMPLAINT_RECEIVED, InvalidEvent, parse
 from .metrics import Metrics
 
@@ -107,6 +107,7 @@ def _dlq(args: argparse.Namespace, settings: CommonSettings) -> int:
 
 
 async def _dlq_async(args: argparse.Namespace, settings: CommonSettings) -> int:
+    moved = Moved()  # filled as messages are moved, so a failure midway still reports them
     try:
         async with _channel(settings, "dlq") as channel:
             dead = DeadLetters(channel, settings)
@@ -120,10 +121,13 @@ async def _dlq_async(args: argparse.Namespace, settings: CommonSettings) -> int:
                 newer_than_s=args.newer_than,
             )
             if args.action == "replay":
-                moved = await dead.replay(selection, limit=args.limit, dry_run=args.dry_run)
+                await dead.replay(selection, limit=args.limit, dry_run=args.dry_run, moved=moved)
             else:
-                moved = await dead.purge(selection, limit=args.limit, dry_run=args.dry_run)
-    except _BROKER_FAILURES as error:
+                await dead.purge(selection, limit=args.limit, dry_run=args.dry_run, moved=moved)
+    except (*_BROKER_FAILURES, TypeError, ValueError) as error:
+        # TypeError/ValueError: a message whose copy cannot be encoded. It stays in the DLQ.
+        if args.action != "list" and moved.matched:
+            _print_moved(args.action, moved, args.dry_run, args.json, sys.stdout)
         print(f"failed: {_describe(error, settings)}", file=sys.stderr)
         return EXIT_FAILED
     _print_moved(args.action, moved, args.dry_run, args.json, sys.stdout)
@@ -385,4 +389,4 @@ def _describe(error: BaseException, settings: CommonSettings) -> str:
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     for secret in secret_values(settings):
         text = text.replace(secret, "***")
-    return " ".join(text.split())[:300]
+    return mask(text, 300)  # an encoder's error can quote a header's value

@@ -28,6 +28,7 @@ from .config import Settings
 HEADER_QUEUE = "canceller-return-queue"
 
 _QUORUM: FieldTable = {"x-queue-type": "quorum"}
+DLQ_DELIVERY_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,14 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Exchanges:
     )
     requeue = await channel.declare_exchange(settings.requeue_exchange, ExchangeType.HEADERS, durable=True)
 
-    dlq = await channel.declare_queue(settings.dead_letter_queue, durable=True, arguments=_QUORUM)
+    # RabbitMQ 4.x gives every quorum queue a delivery limit of 20 unless one is set, and before
+    # 4.3 each give-back counts: 20 `dlq list` runs would drop every dead letter (the DLQ has no
+    # dead-letter target of its own). An explicit limit no operator can reach keeps them.
+    dlq = await channel.declare_queue(
+        settings.dead_letter_queue,
+        durable=True,
+        arguments={**_QUORUM, "x-delivery-limit": DLQ_DELIVERY_LIMIT},
+    )
     await dlq.bind(dead_letter, routing_key="")
 
     for name, routing_key in settings.input_queues.items():

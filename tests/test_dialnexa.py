@@ -201,3 +201,13 @@ async def test_probe_accepts_200_and_404(status: int, ok: bool) -> None:
     else:
         with pytest.raises(AuthError):
             await api.probe("wf_probe")
+
+
+async def test_error_text_with_a_lone_surrogate_is_made_encodable() -> None:
+    """A truncated emoji in DialNexa's error text cannot break the log line or the AMQP header."""
+    raw = b'{"statusCode": 503, "message": "try later \\ud83d", "error": "Error"}'
+    api, _ = client(lambda _request: httpx.Response(503, content=raw))
+    with pytest.raises(ServerError) as caught:
+        await api.cancel("wf_1")
+    str(caught.value).encode("utf-8")  # would raise UnicodeEncodeError on a lone surrogate
+    assert caught.value.message == "try later ?"

@@ -392,3 +392,32 @@ async def test_broker_dead_letters_at_the_delivery_limit_are_listed_and_replayed
     assert "x-death" not in (replayed.headers or {})
     assert (replayed.headers or {})[HEADER_REPLAYS] == 1
     await connection.close()
+
+
+async def test_odd_dead_letters_are_listed_safely(
+    broker: BrokerProbe, make_settings: Any, amqp_url: str
+) -> None:
+    """A dead letter with an absurd timestamp header and a phone number or escape codes in its
+    type is listed (age unknown, type `unknown`), never crashing and never printing the number."""
+    from service import topology
+
+    settings = make_settings()
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    await topology.declare(channel, settings)
+    dead_letter_exchange = await channel.get_exchange(settings.dead_letter_exchange)
+    for event_type in (PHONE, "campaign-ended\x1b]0;owned\x07\nfake row"):
+        body = json.dumps({"id": "ev-odd", "type": event_type}).encode()
+        headers = {"x-canceller-dead-lettered-ms": 2**62, "x-canceller-reason": "invalid\x1b[31m"}
+        await dead_letter_exchange.publish(aio_pika.Message(body, headers=headers), routing_key="")
+    dead_letter_queue = settings.dead_letter_queue
+    await wait_until(lambda: broker.has_depth(dead_letter_queue, 2), what="two odd dead letters")
+
+    summary = await DeadLetters(channel, settings).summary(limit=5)
+    assert summary.count == 2
+    assert dict(summary.by_event_type) == {"unknown": 2}
+    assert all(letter.dead_lettered_at is None for letter in summary.newest)
+    assert all(letter.reason.isprintable() for letter in summary.newest)
+    shown = repr(summary)
+    assert "5555550123" not in shown and "\x1b" not in shown
+    await connection.close()

@@ -61,7 +61,10 @@ class BrokerLink:
         while not stop.is_set():
             try:
                 await self._session(stop)
-            except _BROKER_ERRORS as error:
+            # aio-pika raises a plain RuntimeError for a channel asked of a connection the broker
+            # just closed: a lost broker too. Anything else here would leave the ingress not ready
+            # for good with a green liveness probe, so it is also retried, loudly.
+            except (*_BROKER_ERRORS, RuntimeError) as error:
                 if self._was_up:  # a working connection was lost: start the backoff afresh
                     backoff_s, self._was_up = self._settings.reconnect_initial_s, False
                 self._metrics.broker_reconnects.inc()
