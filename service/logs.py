@@ -6,8 +6,8 @@ exception traces (which are rendered to text before the guards run): known-sensi
 dropped; the values of the given secrets (the API key, its secret half, the broker password as
 written in the URL and decoded) are masked wherever they appear; and shapes that are secret
 whatever their value are masked too: credentials inside a URL (`scheme://user:password@`), a
-`Bearer` token, a `whsec_` webhook secret, and phone numbers (`+` and 8-15 digits, or a bare run
-of 10-15 digits). Values that are not strings (exceptions, bytes, objects) are turned into text
+`Bearer` token, a `whsec_` webhook secret, and phone numbers (`+` and 8-15 digits, a bare run
+of 10-15 digits, or national groups such as `(555) 555-0123` and `020 7946 0958`). Values that are not strings (exceptions, bytes, objects) are turned into text
 first, so nothing reaches the renderer unmasked. Library loggers (aio-pika, aiormq, httpx,
 httpcore) stay at WARNING or above even at DEBUG, because their debug output can carry message
 bodies and request headers.
@@ -51,8 +51,11 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), MASK),
     (re.compile(r"(?<![\w.+-])\+\d[\d ().-]{6,18}\d(?![\w.])"), MASK),  # +1 555 555 0123, +15555550123
     (re.compile(r"(?<![\w.+-])\d{10,15}(?![\w.])"), MASK),  # 15555550123
+    # National formats: (555) 555-0123, 555-555-0123, 555 555 0123, 020 7946 0958. Dates (2-digit
+    # groups), times (colons) and addresses (dots) do not have this shape.
+    (re.compile(r"(?<![\w.+-])(?:\(\d{2,4}\)|\d{2,4})[ -]\d{3,4}[ -]\d{3,4}(?![\w.])"), MASK),
 )
-_DIGIT_RUN = re.compile(r"\d{8}")
+_DIGIT_RUN = re.compile(r"\d{8}|\d[ )-]\d{3}[ -]\d{3}")
 
 
 def _may_hold_shape(text: str) -> bool:

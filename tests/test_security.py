@@ -95,12 +95,15 @@ FAILURES: dict[str, Callable[[], BaseException]] = {
     "validation error quoting a phone number": validation_error,
     "webhook secret": lambda: ValueError(f"signature check with {WEBHOOK_SECRET} failed"),
     "formatted phone number": lambda: ValueError("lead +1 555 555 0123 complained"),
+    "national phone formats": lambda: ValueError(
+        "call (555) 555-0123 or 555-555-0123 or 555 555 0123 or 020 7946 0958"
+    ),
 }
 
 
 def assert_clean(text: str) -> None:
     """None of the secrets, nor the phone number in any form, appears in `text`."""
-    for secret in (*SECRETS, "+1 555 555 0123"):
+    for secret in (*SECRETS, "+1 555 555 0123", "555-0123", "555 0123", "7946 0958"):
         assert secret not in text, f"{secret!r} leaked:\n{text}"
     assert "[redacted]" in text  # the line was written, with the secret masked
 
