@@ -36,7 +36,7 @@ _NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
 # Input values are echoed in error texts only when they have these shapes (no digits-first runs,
 # so a phone number is never quoted back).
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
-_MEDIA_TYPE = re.compile(r"[a-z][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,40}")
+MEDIA_TYPE_SHAPE = re.compile(r"[a-z][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,40}")
 ACCEPTED_CONTENT_TYPES = frozenset({"application/json", "application/cloudevents+json"})
 
 WorkflowId = Annotated[str, StringConstraints(pattern=WORKFLOW_ID_PATTERN)]
@@ -145,7 +145,7 @@ def parse(body: bytes, content_type: str | None, max_bytes: int) -> InboundEvent
         raise InvalidEvent(f"body is {len(body)} bytes, over the {max_bytes}-byte limit")
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type and media_type not in ACCEPTED_CONTENT_TYPES:
-        shown = repr(media_type) if _MEDIA_TYPE.fullmatch(media_type) else "(value not shown)"
+        shown = repr(media_type) if MEDIA_TYPE_SHAPE.fullmatch(media_type) else "(value not shown)"
         raise InvalidEvent(f"content type {shown} is not JSON")
     try:
         body.decode("utf-8")

@@ -2,15 +2,19 @@
 
 Log event names are fixed dotted strings (`event.settled`, `broker.connected`, ...), never
 f-strings. Three guards keep personal data and secrets out of every line, at every level and in
-exception traces (which are rendered to text before the guards run): known-sensitive keys are
-dropped; the values of the given secrets (the API key, its secret half, the broker password as
-written in the URL and decoded) are masked wherever they appear; and shapes that are secret
-whatever their value are masked too: credentials inside a URL (`scheme://user:password@`), a
-`Bearer` token, a `whsec_` webhook secret, and phone numbers (`+` and 8-15 digits, a bare run
-of 10-15 digits, or national groups such as `(555) 555-0123` and `020 7946 0958`). Values that are not strings (exceptions, bytes, objects) are turned into text
-first, so nothing reaches the renderer unmasked. Library loggers (aio-pika, aiormq, httpx,
-httpcore) stay at WARNING or above even at DEBUG, because their debug output can carry message
-bodies and request headers.
+exception traces (which are rendered to text before the guards run):
+
+- known-sensitive keys are dropped;
+- the values of the given secrets (the API key, its secret half, the broker password as written
+  in the URL and decoded) are masked wherever they appear;
+- shapes that are secret whatever their value are masked too: credentials inside a URL
+  (`scheme://user:password@`), a `Bearer` token, a `whsec_` webhook secret, and phone numbers
+  (`+` and 8-15 digits, a bare run of 10-15 digits, or national groups such as `(555) 555-0123`
+  and `020 7946 0958`).
+
+Values that are not strings (exceptions, bytes, objects) are turned into text first, so nothing
+reaches the renderer unmasked. Library loggers (aio-pika, aiormq, httpx, httpcore) stay at WARNING
+or above even at DEBUG, because their debug output can carry message bodies and request headers.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from pydantic_settings import NoDecode
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from .config import ENV_PREFIX, CommonSettings
-from .events import InvalidEvent
+from .events import MEDIA_TYPE_SHAPE, InvalidEvent
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  # the format's prefix, not a secret
 SECRETS_VARIABLE = f"{ENV_PREFIX}WEBHOOK_SECRETS"
@@ -218,7 +218,10 @@ def mode_of(content_type: str | None, headers: Mapping[str, str]) -> Mode:
         return "binary" if "ce-specversion" in headers else "structured"
     if media_type == BATCH:
         raise UnsupportedMediaType("batched CloudEvents are not accepted: send one event per request")
-    shown = f"{media_type[:64]!r}" if media_type else "missing"
+    if not media_type:
+        shown = "missing"
+    else:  # echoed only when shaped like a media type: the detail goes back to the sender and logs
+        shown = repr(media_type) if MEDIA_TYPE_SHAPE.fullmatch(media_type) else "(value not shown)"
     raise UnsupportedMediaType(f"content type {shown}: send {STRUCTURED} or {JSON}")
 
 
