@@ -8,7 +8,6 @@ configuration or usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,26 +34,16 @@ class Command:
 
     help: str
     settings: type[CommonSettings]
-    add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Any], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     serves: bool = False
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Consume and cancel until SIGTERM or SIGINT."""
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        app.install_signal_handlers(stop)
-        await app.run(settings, REGISTRY, stop)
-
-    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
-        runner.run(serve())
+    app.run_until_signal(settings, lambda stop: app.run(settings, REGISTRY, stop))
     return EXIT_OK
-
-
-def _no_arguments(parser: argparse.ArgumentParser) -> None:
-    """A command without options."""
 
 
 def commands() -> dict[str, Command]:
@@ -65,7 +54,6 @@ def commands() -> dict[str, Command]:
         "run": Command(
             "consume events and cancel workflows until SIGTERM or SIGINT",
             Settings,
-            _no_arguments,
             _run_worker,
             serves=True,
         ),
@@ -82,7 +70,9 @@ def build_parser(table: dict[str, Command]) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in table.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+        command_parser = sub.add_parser(name, help=command.help, description=command.help)
+        if command.add_arguments is not None:
+            command.add_arguments(command_parser)
     return parser
 
 
@@ -104,15 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         # The command prints its own one-line answer; library log lines would only repeat it.
         logs.configure("CRITICAL", "console", secrets=secret_values(settings), stream=sys.stderr)
     return command.run(args, settings)
-
-
-def _loop_factory(settings: CommonSettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when chosen (CANCELLER_EVENT_LOOP=uvloop), else asyncio's default loop."""
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return None
 
 
 if __name__ == "__main__":

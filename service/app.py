@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import stamina.instrumentation
@@ -15,7 +16,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from .capacity import Capacity, Slots, TerminalCache
-from .config import Settings
+from .config import CommonSettings, Settings
 from .consumer import Worker
 from .dialnexa import DialNexaClient, HttpSession, RateLimit, build_http_client, build_transport
 from .health import Readiness, build_app, start_server
@@ -66,6 +67,38 @@ def build_capacity(settings: Settings, http: HttpSession, metrics: Metrics) -> C
     )
 
 
+def http_session(settings: Settings, connections: int) -> HttpSession:
+    """The DialNexa session the settings describe, with at most `connections` connections."""
+    return build_http_client(
+        base_url=str(settings.dialnexa_base_url),
+        api_key=settings.dialnexa_api_key,
+        connect_timeout_s=settings.http_connect_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        max_connections=connections,
+        transport=build_transport(settings.http_transport, connections),
+    )
+
+
+def run_until_signal(settings: CommonSettings, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `serve(stop)` on the chosen event loop until SIGTERM or SIGINT sets `stop`.
+
+    uvloop when CANCELLER_EVENT_LOOP=uvloop, else asyncio's own loop (docs/benchmarks.md).
+    """
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await serve(stop)
+
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
 def install_signal_handlers(stop: asyncio.Event) -> None:
     """SIGTERM and SIGINT set `stop`: intake ends, in-flight work drains, the process exits 0."""
     loop = asyncio.get_running_loop()
@@ -85,14 +118,7 @@ async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Eve
     stamina.instrumentation.set_on_retry_hooks([retry_hook(metrics)])
     readiness = Readiness(settings.input_queues, metrics)
     async with AsyncExitStack() as stack:
-        http = build_http_client(
-            base_url=str(settings.dialnexa_base_url),
-            api_key=settings.dialnexa_api_key,
-            connect_timeout_s=settings.http_connect_timeout_s,
-            read_timeout_s=settings.http_read_timeout_s,
-            max_connections=settings.concurrency,
-            transport=build_transport(settings.http_transport, settings.concurrency),
-        )
+        http = http_session(settings, settings.concurrency)
         stack.push_async_callback(http.aclose)
         runner = await start_server(build_app(readiness, registry), settings.http_host, settings.http_port)
         stack.push_async_callback(runner.cleanup)

@@ -12,9 +12,20 @@ import socket
 from urllib.parse import urlsplit
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractConnection
 
 from .config import CommonSettings, amqp_ssl_context
+
+# What a lost or refusing broker raises. ChannelInvalidStateError is a RuntimeError in aiormq:
+# publishing on a channel the broker just closed.
+BROKER_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    aiormq.exceptions.ChannelInvalidStateError,
+    OSError,  # ConnectionError is one
+    TimeoutError,
+)
 
 
 async def connect(settings: CommonSettings, role: str) -> AbstractConnection:

@@ -9,7 +9,6 @@ handed to the `Processor` in a task of its own, tracked for the drain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from functools import partial
@@ -25,8 +24,9 @@ from .config import Settings
 from .dialnexa import AuthError, DialNexaError, RejectedError
 from .health import Readiness
 from .metrics import Metrics
-from .processing import BROKER_ERRORS, SESSION_ERRORS, BrokerLost, Processor, short
+from .processing import SESSION_ERRORS, BrokerLost, Processor
 from .publisher import Publisher
+from .supervision import close_quietly, first, short, sleep_unless
 
 log = structlog.get_logger("workflow_canceller.consumer")
 
@@ -66,7 +66,7 @@ class Worker:
                 if time.monotonic() - connected_at > 30:
                     backoff_s = self._settings.reconnect_initial_s
                 log.warning("broker.lost", error=short(error), retry_in_s=round(backoff_s, 2))
-                await _wait_for(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
+                await sleep_unless(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
                 backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
 
     async def _session(self, stop: asyncio.Event) -> None:
@@ -80,7 +80,7 @@ class Worker:
             log.info("broker.connected", queues=list(settings.input_queues))
             while True:
                 tags = await self._consume(queues, publisher)
-                woke = await _first(stop, lost, self._processor.credentials_rejected)
+                woke = await first(stop, lost, self._processor.credentials_rejected)
                 if woke is lost:
                     raise BrokerLost("connection or channel closed")
                 await self._cancel(queues, tags)
@@ -100,7 +100,7 @@ class Worker:
         finally:
             self._readiness.stopped()
             await self._abandon_inflight()
-            await _close_quietly(connection)
+            await close_quietly(connection)
 
     async def _open_publisher(self, connection: AbstractConnection, lost: asyncio.Event) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -153,7 +153,7 @@ class Worker:
         await self._drain()  # in-flight messages hit the same 401/403 and are given back
         probe = asyncio.ensure_future(self._probe_until_accepted())
         try:
-            woke = await _first(stop, lost, probe)
+            woke = await first(stop, lost, probe)
         finally:
             probe.cancel()
         if woke is not probe:
@@ -214,31 +214,3 @@ class Worker:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-async def _wait_for(event: asyncio.Event, timeout_s: float) -> None:
-    """Sleep up to `timeout_s`, waking early when `event` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout_s)
-
-
-async def _first(*waitables: asyncio.Event | asyncio.Future[Any]) -> asyncio.Event | asyncio.Future[Any]:
-    """Wait until one of the events is set (or the future done); return which."""
-    tasks: dict[asyncio.Future[Any], asyncio.Event | asyncio.Future[Any]] = {}
-    for waitable in waitables:
-        future = asyncio.ensure_future(waitable.wait()) if isinstance(waitable, asyncio.Event) else waitable
-        tasks[future] = waitable
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future, waitable in tasks.items():
-            if future is not waitable:
-                future.cancel()
-    return tasks[next(iter(done))]
-
-
-async def _close_quietly(connection: AbstractConnection) -> None:
-    try:
-        await asyncio.wait_for(connection.close(), 5)
-    except (*BROKER_ERRORS, RuntimeError) as error:  # closing twice is harmless
-        log.debug("broker.close_failed", error=short(error))

@@ -12,7 +12,6 @@ age. Bodies are never printed, and digit runs that look like phone numbers are m
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,8 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from .config import CommonSettings
+from .events import TYPE_NAME_SHAPE
+from .logs import mask_shapes
 from .publisher import HeaderValue, copy_message
 from .retries import (
     HEADER_ATTEMPTS,
@@ -35,6 +36,7 @@ from .retries import (
     HEADER_REPLAYED_AT,
     HEADER_REPLAYS,
     HEADER_SOURCE_QUEUE,
+    header_int,
 )
 
 REASONS = ("invalid", "permanent", "exhausted", "delivery-limit", "rejected")
@@ -61,19 +63,15 @@ _STALE_HEADERS = frozenset(
         "x-delivery-count",
     }
 )
-# Event types are shown only when shaped like a type name (so a phone number in `type` is not).
-_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
-# A run of 8+ digits (with the separators people type) not glued to a word: a phone number, maybe.
-_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{6,}\d(?![\w-])")
 _TEXT_LIMIT = 200
 
 
 def mask(text: str, limit: int = _TEXT_LIMIT) -> str:
-    """`text` on one line, printable, bounded, with anything that looks like a phone number masked
-    (no escape sequence or newline from a message reaches the operator's terminal)."""
+    """`text` on one line, printable, bounded, with secret shapes and phone numbers masked as in
+    the logs (no escape sequence or newline from a message reaches the operator's terminal)."""
     printable = "".join(c if c.isprintable() else " " for c in text[: limit * 4])
     flat = " ".join(printable.split())
-    return _PHONE.sub("[masked]", flat)[:limit]
+    return mask_shapes(flat)[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +141,12 @@ def read_letter(message: AbstractIncomingMessage) -> Letter:
     return Letter(
         reason=mask(reason, 32) or UNKNOWN,
         error=mask(_text(headers.get(HEADER_ERROR))),
-        attempts=_int(headers.get(HEADER_ATTEMPTS)),
+        attempts=header_int(headers.get(HEADER_ATTEMPTS)),
         event_id=mask(event_id, 256) if event_id else None,
-        event_type=event_type if event_type and _TYPE_NAME.fullmatch(event_type) else UNKNOWN,
+        event_type=event_type if event_type and TYPE_NAME_SHAPE.fullmatch(event_type) else UNKNOWN,
         source_queue=mask(source, 255) or None,
         dead_lettered_at=_dead_lettered_at(headers, death, message),
-        replays=_int(headers.get(HEADER_REPLAYS)) or 0,
+        replays=header_int(headers.get(HEADER_REPLAYS)) or 0,
     )
 
 
@@ -162,7 +160,7 @@ def _first_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _dead_lettered_at(
     headers: Mapping[str, Any], death: Mapping[str, Any] | None, message: AbstractIncomingMessage
 ) -> datetime | None:
-    millis = _int(headers.get(HEADER_DEAD_LETTERED))
+    millis = header_int(headers.get(HEADER_DEAD_LETTERED))
     if millis:
         try:
             return datetime.fromtimestamp(millis / 1000, UTC)
@@ -195,14 +193,6 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int | None:
-    """A header number, clamped so a replay can write it back (None when absent or unreadable)."""
-    try:
-        return min(max(int(str(value)[:20]), 0), 2**62) if value is not None else None
-    except ValueError:
-        return None
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ MAX_WORKFLOWS = 1000
 _NAMESPACE_URL = uuid.NAMESPACE_URL.bytes
 # Input values are echoed in error texts only when they have these shapes (no digits-first runs,
 # so a phone number is never quoted back).
-_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+TYPE_NAME_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 MEDIA_TYPE_SHAPE = re.compile(r"[a-z][a-z0-9.+-]{0,40}/[a-z0-9][a-z0-9.+-]{0,40}")
 ACCEPTED_CONTENT_TYPES = frozenset({"application/json", "application/cloudevents+json"})
 
@@ -170,7 +170,7 @@ def _reason(error: ValidationError) -> str:
         # Quoted only when it looks like a type name, so no personal data can ride along.
         return (
             f"unknown event type {tag!r}"
-            if _TYPE_NAME.fullmatch(tag)
+            if TYPE_NAME_SHAPE.fullmatch(tag)
             else "unknown event type (value not shown)"
         )
     if kind == "union_tag_not_found":

@@ -74,6 +74,17 @@ def _may_hold_shape(text: str) -> bool:
     )
 
 
+def mask_shapes(text: str) -> str:
+    """`text` with every secret-shaped part (URL credentials, tokens, phone numbers) masked.
+
+    The one definition of those shapes: log lines and the operator commands' output both use it.
+    """
+    if _may_hold_shape(text):
+        for pattern, replacement in _SHAPES:
+            text = pattern.sub(replacement, text)
+    return text
+
+
 _NOISY_LIBRARIES = ("aio_pika", "aiormq", "pamqp", "httpx", "httpcore", "aiohttp.access")
 
 
@@ -114,10 +125,7 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        if _may_hold_shape(text):
-            for pattern, replacement in _SHAPES:
-                text = pattern.sub(replacement, text)
-        return text
+        return mask_shapes(text)
 
 
 def _dumps(obj: Any, **_kwargs: Any) -> str:

@@ -24,9 +24,10 @@ import orjson
 from aio_pika.abc import AbstractChannel
 from prometheus_client import CollectorRegistry
 
-from . import broker, topology
+from . import app, broker, topology
+from .broker import BROKER_ERRORS
 from .config import CommonSettings, Settings, secret_values
-from .dialnexa import AuthError, DialNexaClient, DialNexaError, build_http_client, build_transport
+from .dialnexa import AuthError, DialNexaClient, DialNexaError
 from .dlq import REASONS, DeadLetters, Filter, Letter, Moved, Summary, mask
 from .events import CAMPAIGN_ENDED, COMPLAINT_RECEIVED, InvalidEvent, parse
 from .metrics import Metrics
@@ -41,18 +42,17 @@ def commands(command: Callable[..., Any]) -> dict[str, Any]:
     """The operator subcommands, built with the dispatcher's `Command` type."""
     return {
         "dlq": command(
-            "inspect, replay or purge dead-lettered messages", CommonSettings, _dlq_arguments, _dlq
+            "inspect, replay or purge dead-lettered messages", CommonSettings, _dlq, _dlq_arguments
         ),
         "publish": command(
             "publish one well-formed event to the input exchange (drills, smoke tests)",
             CommonSettings,
-            _publish_arguments,
             _publish,
+            _publish_arguments,
         ),
         "check": command(
             "check the configuration, the broker, the topology and the DialNexa key; exit 0 if all pass",
             Settings,
-            _no_arguments,
             _check,
         ),
     }
@@ -124,7 +124,7 @@ async def _dlq_async(args: argparse.Namespace, settings: CommonSettings) -> int:
                 await dead.replay(selection, limit=args.limit, dry_run=args.dry_run, moved=moved)
             else:
                 await dead.purge(selection, limit=args.limit, dry_run=args.dry_run, moved=moved)
-    except (*_BROKER_FAILURES, TypeError, ValueError) as error:
+    except (*BROKER_ERRORS, TypeError, ValueError) as error:
         # TypeError/ValueError: a message whose copy cannot be encoded. It stays in the DLQ.
         if args.action != "list" and moved.matched:
             _print_moved(args.action, moved, args.dry_run, args.json, sys.stdout)
@@ -276,7 +276,7 @@ def _publish(args: argparse.Namespace, settings: CommonSettings) -> int:
         return EXIT_USAGE
     try:
         asyncio.run(_publish_async(settings, body, event))
-    except _BROKER_FAILURES as error:
+    except BROKER_ERRORS as error:
         print(f"failed: {_describe(error, settings)}", file=sys.stderr)
         return EXIT_FAILED
     print(event["id"])
@@ -301,10 +301,6 @@ async def _publish_async(settings: CommonSettings, body: bytes, event: dict[str,
 # --- check ----------------------------------------------------------------------------------------
 
 
-def _no_arguments(parser: argparse.ArgumentParser) -> None:
-    """`check` has no options."""
-
-
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     lines = asyncio.run(check(settings))
     for ok, name, text in lines:
@@ -323,12 +319,12 @@ async def check(settings: Settings) -> list[tuple[bool, str, str]]:
             lines.append((True, "broker", f"connected to {where}"))
             try:
                 await topology.declare(channel, settings)
-            except _BROKER_FAILURES as error:
+            except BROKER_ERRORS as error:
                 lines.append((False, "topology", _describe(error, settings)))
             else:
                 count = len(settings.input_queues) + 1 + len(topology.delay_steps_s(settings))
                 lines.append((True, "topology", f"4 exchanges and {count} queues exist or were declared"))
-    except _BROKER_FAILURES as error:
+    except BROKER_ERRORS as error:
         lines.append((False, "broker", f"cannot connect to {where}: {_describe(error, settings)}"))
         lines.append((False, "topology", "not checked: no broker connection"))
     lines.append(await _check_dialnexa(settings))
@@ -338,14 +334,7 @@ async def check(settings: Settings) -> list[tuple[bool, str, str]]:
 async def _check_dialnexa(settings: Settings) -> tuple[bool, str, str]:
     """One authenticated read (GET workflows/<probe id>): 200 or 404 means the key is accepted."""
     base = str(settings.dialnexa_base_url)
-    http = build_http_client(
-        base_url=base,
-        api_key=settings.dialnexa_api_key,
-        connect_timeout_s=settings.http_connect_timeout_s,
-        read_timeout_s=settings.http_read_timeout_s,
-        max_connections=1,
-        transport=build_transport(settings.http_transport, 1),
-    )
+    http = app.http_session(settings, connections=1)
     client = DialNexaClient(http, Metrics.build(CollectorRegistry()))
     try:
         await client.probe(settings.auth_probe_workflow_id)
@@ -359,15 +348,6 @@ async def _check_dialnexa(settings: Settings) -> tuple[bool, str, str]:
 
 
 # --- shared ---------------------------------------------------------------------------------------
-
-_BROKER_FAILURES = (
-    aiormq.exceptions.AMQPError,
-    aio_pika.exceptions.AMQPException,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-    asyncio.TimeoutError,
-)
 
 
 @contextlib.asynccontextmanager

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
-import aio_pika
-import aiormq
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from . import topology
+from .broker import BROKER_ERRORS as BROKER_ERRORS
 from .capacity import Capacity
 from .config import Settings
 from .dialnexa import CancelResult
@@ -57,6 +56,7 @@ from .retries import (
     decode_done,
     encode_done,
 )
+from .supervision import short
 
 log = structlog.get_logger("workflow_canceller.processing")
 
@@ -65,14 +65,6 @@ class BrokerLost(Exception):
     """The connection, a channel or a consumer went away: start a new session."""
 
 
-BROKER_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aio_pika.exceptions.AMQPException,
-    # Publishing on a channel the broker just closed: a RuntimeError, not an AMQPError.
-    aiormq.exceptions.ChannelInvalidStateError,
-    OSError,  # ConnectionError is one
-    TimeoutError,
-)
 SESSION_ERRORS = (BrokerLost, *BROKER_ERRORS)
 
 
@@ -274,8 +266,3 @@ def _leaves(error: BaseException) -> list[BaseException]:
 def _header_text(text: str) -> str:
     """A header text AMQP can always encode: valid UTF-8 (no lone surrogates), bounded."""
     return text.encode("utf-8", "replace").decode("utf-8")[:500]
-
-
-def short(error: BaseException) -> str:
-    """A one-line, bounded description of an error for logs and headers."""
-    return f"{type(error).__name__}: {error}"[:200]

@@ -75,10 +75,17 @@ class Delivery:
 _MAX_HEADER_INT = 2**62  # what comes back is written again as a signed 64-bit AMQP integer
 
 
-def _int(value: object) -> int:
-    """A non-negative header number, clamped so it can always be encoded again (0 if unreadable)."""
+def header_int(value: object) -> int | None:
+    """A non-negative header number, clamped so it can always be encoded again (None when the
+    header is absent or not a number)."""
+    if value is None:
+        return None
     try:
         number = int(str(value)[:20])
-    except (TypeError, ValueError):
-        return 0
+    except ValueError:
+        return None
     return min(max(number, 0), _MAX_HEADER_INT)
+
+
+def _int(value: object) -> int:
+    return header_int(value) or 0

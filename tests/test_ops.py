@@ -353,8 +353,9 @@ def test_durations_and_masking() -> None:
     with pytest.raises(Exception, match="not a duration"):
         duration_s("soon")
     assert dlq.mask("422: number +1 (555) 555-0123 refused for wf_12345678") == (
-        "422: number [masked] refused for wf_12345678"
+        "422: number [redacted] refused for wf_12345678"
     )
+    assert dlq.mask("lead 555-555-0123\x1b[31m\nnext") == "lead [redacted] [31m next"
 
 
 async def test_broker_dead_letters_at_the_delivery_limit_are_listed_and_replayed(

@@ -17,7 +17,6 @@ signature tolerance is remembered (per process) and a replay is answered 202 wit
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -51,37 +50,21 @@ def commands(command: Any) -> dict[str, Any]:
         "ingress": command(
             "accept signed CloudEvents webhooks over HTTP and publish them to the input exchange",
             IngressSettings,
-            _no_arguments,
             _run_ingress,
             serves=True,
         ),
         "sign": command(
             "print the Standard Webhooks headers (or a curl command) that sign a request body",
             webhooks.WebhookSettings,
-            webhooks.sign_arguments,
             webhooks.run_sign,
+            webhooks.sign_arguments,
         ),
     }
-
-
-def _no_arguments(parser: argparse.ArgumentParser) -> None:
-    """A command without options."""
 
 
 def _run_ingress(_args: argparse.Namespace, settings: IngressSettings) -> int:
     """Serve until SIGTERM or SIGINT."""
     from .. import app
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        app.install_signal_handlers(stop)
-        await serve(settings, REGISTRY, stop)
-
-    loop_factory = None
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
+    app.run_until_signal(settings, lambda stop: serve(settings, REGISTRY, stop))
     return EXIT_OK

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from datetime import UTC, datetime
@@ -11,24 +10,18 @@ from datetime import UTC, datetime
 import aio_pika
 import aiormq
 import structlog
-from aio_pika.abc import AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractExchange
 
 from .. import broker, webhooks
+from ..broker import BROKER_ERRORS
 from ..events import InboundEvent
+from ..supervision import close_quietly, first, short, sleep_unless
 from .metrics import IngressMetrics
 from .settings import IngressSettings
 
 log = structlog.get_logger("workflow_canceller.ingress")
 
 WEBHOOK_ID_HEADER = "canceller-webhook-id"
-
-_BROKER_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aio_pika.exceptions.AMQPException,
-    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: publishing on a closed channel
-    OSError,
-    TimeoutError,
-)
 
 
 class Unavailable(Exception):
@@ -64,12 +57,12 @@ class BrokerLink:
             # aio-pika raises a plain RuntimeError for a channel asked of a connection the broker
             # just closed: a lost broker too. Anything else here would leave the ingress not ready
             # for good with a green liveness probe, so it is also retried, loudly.
-            except (*_BROKER_ERRORS, RuntimeError) as error:
+            except (*BROKER_ERRORS, RuntimeError) as error:
                 if self._was_up:  # a working connection was lost: start the backoff afresh
                     backoff_s, self._was_up = self._settings.reconnect_initial_s, False
                 self._metrics.broker_reconnects.inc()
-                log.warning("broker.unavailable", error=_short(error), retry_in_s=round(backoff_s, 2))
-                await _wait(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
+                log.warning("broker.unavailable", error=short(error), retry_in_s=round(backoff_s, 2))
+                await sleep_unless(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
                 backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
 
     async def _session(self, stop: asyncio.Event) -> None:
@@ -83,12 +76,12 @@ class BrokerLink:
                 self._settings.input_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             self._up(exchange)
-            await _first(stop, lost)
+            await first(stop, lost)
             if not stop.is_set():
                 raise ConnectionError("connection or channel closed")
         finally:
             self._down()
-            await _close_quietly(connection)
+            await close_quietly(connection)
 
     def _up(self, exchange: AbstractExchange) -> None:
         self._exchange = exchange
@@ -121,7 +114,7 @@ class BrokerLink:
                 message, event.type, mandatory=True, timeout=self._settings.publish_timeout_s
             )
             result = "confirmed"
-        except _BROKER_ERRORS as error:
+        except BROKER_ERRORS as error:
             failure = self._failure(error)
             result = failure.reason
             raise failure from error
@@ -139,28 +132,3 @@ class BrokerLink:
             return Unavailable("unconfirmed", "the broker did not confirm the event in time")
         self._lost.set()
         return Unavailable("broker_error", "the broker connection failed while publishing")
-
-
-async def _first(*events: asyncio.Event) -> None:
-    """Return as soon as one of `events` is set."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep for `seconds` unless `stop` is set first."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _close_quietly(connection: AbstractConnection) -> None:
-    with contextlib.suppress(*_BROKER_ERRORS):
-        await connection.close()
-
-
-def _short(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:200]
