@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -26,7 +25,15 @@ import aio_pika
 import aiohttp
 from pamqp import commands as spec
 
-from drills.common import Proc
+from drills.common import (  # one copy of the process and /proc helpers for bench and drills
+    Proc,
+    cpu_seconds,
+    free_port,
+    http_get,
+    http_post,
+    machine_busy_seconds,
+    proc_status,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -42,12 +49,6 @@ if str(ROOT) not in sys.path:  # `service` is imported for its topology, so queu
 
 class BenchError(Exception):
     """A trial could not run or finish (the scenario records it and goes on)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 async def run_cmd(*argv: str, timeout_s: float = 60) -> tuple[int, str]:
@@ -337,21 +338,6 @@ async def start_raw_loop(
     return await spawn("raw-loop", argv, {})
 
 
-async def http_get(url: str, timeout_s: float = 2) -> tuple[int, Any]:
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
-        text = await response.text()
-        with contextlib.suppress(ValueError):
-            return response.status, json.loads(text)
-        return response.status, text
-
-
-async def http_post(url: str, body: dict[str, Any], timeout_s: float = 2) -> Any:
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.post(url, json=body) as response:
-        return await response.json()
-
-
 async def wait_http(proc: Proc, path: str, timeout_s: float = 30) -> float:
     """Poll http://127.0.0.1:port/path until 200; seconds waited. BenchError if it dies or times out."""
     started = time.monotonic()
@@ -394,17 +380,6 @@ class SimProcess:
 
 
 # --- measuring ---------------------------------------------------------------------------------
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process in KiB (empty once it is gone)."""
-    values: dict[str, int] = {}
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":", 1)
-                values[key] = int(value.split()[0])
-    return values
 
 
 @dataclass
@@ -509,16 +484,6 @@ async def watch_outputs(
         await asyncio.sleep(interval_s)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def broker_pids() -> list[int]:
     """The RabbitMQ Erlang VM (beam.smp) processes on this machine."""
     pids = []
@@ -528,14 +493,6 @@ def broker_pids() -> list[int]:
                 if (entry / "comm").read_text().strip().startswith("beam"):
                     pids.append(int(entry.name))
     return pids
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine has spent busy since boot (from /proc/stat)."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
