@@ -47,9 +47,6 @@ class StatusError(DialNexaError):
     """DialNexa answered with a status we cannot treat as success."""
 
     def __init__(self, status_code: int, message: str) -> None:
-        # The API's text ends up in log lines and AMQP headers: a lone surrogate (a truncated
-        # emoji) would make both refuse to encode it.
-        message = message.encode("utf-8", "replace").decode("utf-8")
         super().__init__(f"{status_code}: {message}")
         self.status_code = status_code
         self.message = message

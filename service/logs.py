@@ -74,6 +74,14 @@ def _may_hold_shape(text: str) -> bool:
     )
 
 
+def encodable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (say, a truncated emoji in an API's error text) is
+    replaced, so neither the JSON renderer nor an AMQP header refuses it."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def mask_shapes(text: str) -> str:
     """`text` with every secret-shaped part (URL credentials, tokens, phone numbers) masked.
 
@@ -122,6 +130,7 @@ class Redactor:
         return self._mask(str(value))  # exceptions, URLs, SecretStr and other objects: as text
 
     def _mask_text(self, text: str) -> str:
+        text = encodable(text)
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)

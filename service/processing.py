@@ -41,6 +41,7 @@ from .handler import (
     RetryPolicy,
     handle,
 )
+from .logs import encodable
 from .metrics import Metrics
 from .publisher import HeaderValue, Publisher
 from .retries import (
@@ -215,7 +216,7 @@ class Processor:
                         HEADER_QUEUE: queue,
                         HEADER_ATTEMPTS: delivery.attempt,
                         HEADER_FIRST_SEEN: delivery.first_seen_ms,
-                        HEADER_ERROR: _header_text(error),
+                        HEADER_ERROR: encodable(error)[:500],
                         HEADER_DONE: encode_done(done, outcome.total),
                     }
                     await publisher.to_delay_queue(
@@ -228,7 +229,7 @@ class Processor:
                         message,
                         {
                             HEADER_REASON: reason,
-                            HEADER_ERROR: _header_text(error),
+                            HEADER_ERROR: encodable(error)[:500],
                             HEADER_ATTEMPTS: delivery.attempt,
                             HEADER_SOURCE_QUEUE: queue,
                             HEADER_DEAD_LETTERED: int(time.time() * 1000),
@@ -261,8 +262,3 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
-
-
-def _header_text(text: str) -> str:
-    """A header text AMQP can always encode: valid UTF-8 (no lone surrogates), bounded."""
-    return text.encode("utf-8", "replace").decode("utf-8")[:500]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -10,9 +11,11 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from service import logs
 from service.dialnexa import (
     AuthError,
     CancelResult,
@@ -27,6 +30,7 @@ from service.dialnexa import (
     parse_reset,
     parse_retry_after,
 )
+from service.logs import encodable
 from service.metrics import Metrics
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -209,5 +213,14 @@ async def test_error_text_with_a_lone_surrogate_is_made_encodable() -> None:
     api, _ = client(lambda _request: httpx.Response(503, content=raw))
     with pytest.raises(ServerError) as caught:
         await api.cancel("wf_1")
-    str(caught.value).encode("utf-8")  # would raise UnicodeEncodeError on a lone surrogate
-    assert caught.value.message == "try later ?"
+    with pytest.raises(UnicodeEncodeError):
+        str(caught.value).encode("utf-8")  # the API's text as it came
+    assert encodable(str(caught.value)) == "503: try later ?"  # what headers and log lines get
+    buffer = io.StringIO()
+    logs.configure("INFO", "json", stream=buffer)
+    try:
+        structlog.get_logger("test").warning("dialnexa.failed", error=caught.value)
+    finally:
+        logs.configure("INFO", "json")  # as the other log tests leave it
+        structlog.reset_defaults()
+    assert json.loads(buffer.getvalue())["error"] == "503: try later ?"
