@@ -1,7 +1,8 @@
 """Micro-benchmark of the HTTP client alone: cancel calls for S seconds, C in flight, to the simulator.
 
 Clients: `httpx` (its default httpcore transport), `httpx-aiohttp` (httpx over httpx-aiohttp's
-`AiohttpTransport`) and raw `aiohttp`. Each gets a fresh pool of C connections, a warm-up of C
+`AiohttpTransport`), `service` (the service's own `HttpSession` over its default transport, as the
+worker builds it) and raw `aiohttp`. Each gets a fresh pool of C connections, a warm-up of C
 calls, then calls for a fixed time (a count would take minutes where a client is slow); unique
 workflow ids so every answer is a 200. Prints one JSON object: client -> {"rps", "requests", "errors"}.
 
@@ -21,7 +22,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-CLIENTS = ("httpx", "httpx-aiohttp", "aiohttp")
+CLIENTS = ("httpx", "httpx-aiohttp", "service", "aiohttp")
 Call = Callable[[str], Awaitable[int]]
 
 
@@ -65,6 +66,23 @@ async def bench_client(name: str, base_url: str, seconds: float, concurrency: in
                 return response.status
 
         close: Callable[[], Awaitable[None]] = session.close
+    elif name == "service":
+        from pydantic import SecretStr
+
+        from service.dialnexa import build_http_client
+
+        http = build_http_client(
+            base_url=base,
+            api_key=SecretStr("sim_key:sim_secret"),
+            connect_timeout_s=5,
+            read_timeout_s=15,
+            max_connections=concurrency,
+        )
+
+        async def call(path: str) -> int:
+            return (await http.request("POST", path)).status_code
+
+        close = http.aclose
     else:
         transport = AiohttpTransport(limits=limits) if name == "httpx-aiohttp" else None
         client = httpx.AsyncClient(

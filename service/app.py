@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from .capacity import Capacity, Slots, TerminalCache
 from .config import CommonSettings, Settings
 from .consumer import Worker
-from .dialnexa import DialNexaClient, HttpSession, RateLimit, build_http_client, build_transport
+from .dialnexa import DialNexaClient, HttpSession, RateLimit, build_http_client
 from .health import Readiness, build_app, start_server
 from .metrics import Metrics
 from .pacing import Pacer
@@ -75,7 +75,7 @@ def http_session(settings: Settings, connections: int) -> HttpSession:
         connect_timeout_s=settings.http_connect_timeout_s,
         read_timeout_s=settings.http_read_timeout_s,
         max_connections=connections,
-        transport=build_transport(settings.http_transport, connections),
+        kind=settings.http_transport,
     )
 
 

@@ -75,7 +75,7 @@ class CommonSettings(BaseSettings):
     # Workflows known terminal (2xx or 409) are not called again for this long.
     terminal_cache_size: int = Field(default=20_000, ge=0, le=10_000_000)
     terminal_cache_ttl_s: PositiveSeconds = 900.0
-    # The HTTP transport under httpx's API, and the event loop: chosen by measurement.
+    # How requests reach DialNexa (all answer as httpx Responses) and the event loop: chosen by measurement.
     http_transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
     # uvloop measured no clear gain here (docs/benchmarks.md), so asyncio's own loop is the default.
     event_loop: Literal["uvloop", "asyncio"] = "asyncio"

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 from pydantic import SecretStr
@@ -198,31 +198,35 @@ def classify(workflow_id: str, response: httpx.Response, now: float) -> CancelRe
 HttpTransportKind = Literal["aiohttp", "httpx-aiohttp", "httpx"]
 
 
+class HttpSession(Protocol):
+    """The one long-lived line to DialNexa that the client sends its requests over."""
+
+    async def request(self, method: str, path: str) -> httpx.Response:
+        """Send one request to `path` (relative to the base URL); the answer is read whole."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 def build_transport(kind: HttpTransportKind, max_connections: int) -> httpx.AsyncBaseTransport:
-    """The HTTP transport under httpx's API, chosen by measurement (docs/benchmarks.md).
-
-    `aiohttp`: our thin adapter over one aiohttp session (service.transport); `httpx-aiohttp`: the
-    PyPI adapter, which streams bodies; `httpx`: httpx's own transport. Switching is one word.
-    """
+    """An httpx transport: httpx-aiohttp's adapter (`httpx-aiohttp`), which streams bodies, or
+    httpx's own (`httpx`). `aiohttp` is not a transport but a session of its own (`service.transport`)."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    if kind == "aiohttp":
-        from .transport import AiohttpTransport
-
-        return AiohttpTransport(max_connections)
     if kind == "httpx-aiohttp":
-        from httpx_aiohttp import AiohttpTransport as StreamingAiohttpTransport
+        from httpx_aiohttp import AiohttpTransport
 
-        return StreamingAiohttpTransport(limits=limits)
-    return httpx.AsyncHTTPTransport(limits=limits)
+        return AiohttpTransport(limits=limits)
+    if kind == "httpx":
+        return httpx.AsyncHTTPTransport(limits=limits)
+    raise ValueError(f"{kind!r} is not an httpx transport")
 
 
-class HttpSession:
-    """The one long-lived line to DialNexa: base URL, default headers, timeouts, one transport.
+class HttpxSession:
+    """Requests as httpx `Request`s handed straight to an httpx transport.
 
-    Requests are httpx `Request`s handed straight to the httpx transport (so `httpx.MockTransport`
-    serves the unit tests and the transport is chosen by one setting). httpx's `AsyncClient` layer
-    on top (cookie jar, redirects, auth flow, URL merging) took about a third of every call's CPU
-    here and this API needs none of it (docs/benchmarks.md).
+    Serves `httpx.MockTransport` in the unit tests and the `httpx` and `httpx-aiohttp` choices.
+    httpx's `AsyncClient` layer on top (cookie jar, redirects, auth flow, URL merging) took about a
+    third of every call's CPU here and this API needs none of it (docs/benchmarks.md).
     """
 
     def __init__(
@@ -260,19 +264,25 @@ def build_http_client(
     connect_timeout_s: float,
     read_timeout_s: float,
     max_connections: int,
+    kind: HttpTransportKind = "aiohttp",
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> HttpSession:
-    """The one long-lived HTTP session: explicit timeouts, pooled connections, bearer auth."""
-    return HttpSession(
-        base_url,
-        headers={
-            "Authorization": f"Bearer {api_key.get_secret_value()}",
-            "Accept": "application/json",
-            "User-Agent": "workflow-canceller",
-        },
-        timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=read_timeout_s),
-        transport=transport or build_transport("aiohttp", max_connections),
-    )
+    """The one long-lived HTTP session: explicit timeouts, pooled connections, bearer auth.
+
+    `kind` is the measured choice (CANCELLER_HTTP_TRANSPORT); a given `transport` (a
+    `MockTransport` in tests) overrides it.
+    """
+    headers = {
+        "Authorization": f"Bearer {api_key.get_secret_value()}",
+        "Accept": "application/json",
+        "User-Agent": "workflow-canceller",
+    }
+    timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=read_timeout_s)
+    if transport is None and kind == "aiohttp":
+        from .transport import AiohttpSession
+
+        return AiohttpSession(base_url, headers, timeout, max_connections)
+    return HttpxSession(base_url, headers, timeout, transport or build_transport(kind, max_connections))
 
 
 class DialNexaClient:

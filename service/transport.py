@@ -1,9 +1,11 @@
-"""httpx's transport interface over one aiohttp session, reading each (small) answer whole.
+"""DialNexa requests straight over one aiohttp session, answered as `httpx.Response`s.
 
-httpx's own transport was the slowest option measured here, and httpx-aiohttp's streams every body
-through an adapter; DialNexa's answers are a few hundred bytes, so this one reads them in one go.
-Measurements: docs/benchmarks.md. aiohttp errors map onto httpx's exception tree, so the client
-above sees the same `httpx.TransportError`s whichever transport runs.
+The default HTTP path (`CANCELLER_HTTP_TRANSPORT=aiohttp`). The client above reads the same
+`httpx.Response`s and sees the same `httpx.TransportError`s as over any httpx transport (aiohttp
+errors are mapped onto httpx's exception tree), so the choice stays one word in the settings.
+What it skips is building an `httpx.Request` per call: parsing and validating the URL and the
+headers again for every workflow cost more CPU than aiohttp's whole request here (the measurements
+are in docs/benchmarks.md). DialNexa's answers are a few hundred bytes, so each is read whole.
 """
 
 from __future__ import annotations
@@ -12,51 +14,51 @@ import aiohttp
 import httpx
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
+class AiohttpSession:
     """One pooled aiohttp `ClientSession`, created on first use inside the running loop."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(
+        self, base_url: str, headers: dict[str, str], timeout: httpx.Timeout, max_connections: int
+    ) -> None:
+        self._base_url = base_url.rstrip("/") + "/"
+        self._headers = headers
+        # pool: the wait for a free connection plus connecting; read: between bytes of the answer.
+        self._timeout = aiohttp.ClientTimeout(
+            sock_connect=timeout.connect, sock_read=timeout.read, connect=timeout.pool
+        )
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections)
-        # httpx decodes Content-Encoding itself, from the headers passed up with the raw body.
         return aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            headers=self._headers,  # merged by aiohttp, once per request, with nothing else
+            timeout=self._timeout,
+            connector=connector,
+            # httpx decodes Content-Encoding itself, from the headers passed up with the raw body.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
         )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def request(self, method: str, path: str) -> httpx.Response:
+        """Send one request; the whole answer is read before it is returned."""
         session = self._session or self._open()
         self._session = session
-        timeout = request.extensions.get("timeout", {})
         try:
-            async with session.request(
-                request.method,
-                str(request.url),
-                headers=request.headers,
-                data=request.content or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                    connect=timeout.get("pool"),
-                ),
-            ) as answer:
+            async with session.request(method, self._base_url + path, allow_redirects=False) as answer:
                 body = await answer.read()
         except TimeoutError as error:
-            raise httpx.ReadTimeout(str(error) or "timed out", request=request) from error
+            raise httpx.ReadTimeout(str(error) or "timed out") from error
         except aiohttp.ClientConnectorError as error:
-            raise httpx.ConnectError(str(error), request=request) from error
+            raise httpx.ConnectError(str(error)) from error
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as error:
-            raise httpx.RemoteProtocolError(str(error) or "server disconnected", request=request) from error
+            raise httpx.RemoteProtocolError(str(error) or "server disconnected") from error
         except aiohttp.ClientError as error:
-            raise httpx.NetworkError(str(error), request=request) from error
+            raise httpx.NetworkError(str(error)) from error
         return httpx.Response(
             answer.status,
             headers=answer.raw_headers,
             content=body,
-            request=request,
             extensions={"reason_phrase": (answer.reason or "").encode()},
         )
 

@@ -16,7 +16,6 @@ from service.dialnexa import (
     ServerError,
     TransportError,
     build_http_client,
-    build_transport,
 )
 from service.metrics import Metrics
 from tests.support import free_port
@@ -34,7 +33,7 @@ async def client(request: pytest.FixtureRequest, simulator: Any) -> AsyncIterato
         connect_timeout_s=1,
         read_timeout_s=0.5,
         max_connections=4,
-        transport=build_transport(request.param, 4),
+        kind=request.param,
     )
     yield DialNexaClient(http, Metrics.build(CollectorRegistry()))
     await http.aclose()
@@ -79,7 +78,7 @@ async def test_refused_connection_is_a_transport_error(kind: HttpTransportKind) 
         connect_timeout_s=1,
         read_timeout_s=1,
         max_connections=1,
-        transport=build_transport(kind, 1),
+        kind=kind,
     )
     try:
         with pytest.raises(TransportError):
