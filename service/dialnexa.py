@@ -1,4 +1,9 @@
-"""A thin typed client for the DialNexa calls this service makes, over httpx requests.
+"""A thin typed client for the DialNexa calls this service makes, over one HTTP session.
+
+The session is httpx's API over an httpx transport (`HttpxSession`: `MockTransport` in the unit
+tests, `httpx` or `httpx-aiohttp` by setting) or aiohttp directly (`service.transport`, the
+measured default); either way the client reads answers as `Answer`s and transport failures as
+httpx's `TransportError`s.
 
 Every answer becomes either a `CancelResult` or one exception of this tree:
 
@@ -16,13 +21,15 @@ Every answer becomes either a `CancelResult` or one exception of this tree:
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
+import orjson
 from pydantic import SecretStr
 
 from .metrics import Metrics
@@ -72,6 +79,24 @@ class RejectedError(StatusError):
     """Any other status: retrying the same request will not help."""
 
 
+class Answer(Protocol):
+    """What the client reads of an HTTP answer, whole: an `httpx.Response` is one."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Looked up case-insensitively."""
+        ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def reason_phrase(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """What the X-RateLimit-* headers of one answer said (None where absent or unreadable)."""
@@ -112,7 +137,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def parse_rate_limit(headers: httpx.Headers, now: float) -> RateLimit:
+def parse_rate_limit(headers: Mapping[str, str], now: float) -> RateLimit:
     """The rate-limit headers of one answer."""
     limit = _number(headers.get("x-ratelimit-limit"))
     remaining = _number(headers.get("x-ratelimit-remaining"))
@@ -133,12 +158,15 @@ def _number(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(response: Answer) -> dict[str, Any]:
     """The body as a JSON object, or {} for anything else (not JSON, not UTF-8, nested too deep)."""
     try:
-        body = response.json()
-    except (ValueError, RecursionError):  # json raises RecursionError on deeply nested arrays
-        return {}
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses but json reads, such as an escaped lone surrogate in a message
+            body = json.loads(response.content)
+        except (ValueError, RecursionError):  # json raises RecursionError on deeply nested arrays
+            return {}
     return body if isinstance(body, dict) else {}
 
 
@@ -150,7 +178,7 @@ def unwrap(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def error_message(response: httpx.Response) -> str:
+def error_message(response: Answer) -> str:
     """A short text from an error body: `message` (a string or a list of them) or the reason."""
     message = _json(response).get("message")
     if isinstance(message, list):
@@ -164,7 +192,7 @@ def _scalar_text(value: object) -> str:
     return str(value) if isinstance(value, str | int | float | bool) else f"<{type(value).__name__}>"
 
 
-def status_error(response: httpx.Response, now: float) -> StatusError:
+def status_error(response: Answer, now: float) -> StatusError:
     """Map a non-success answer to the exception tree."""
     code = response.status_code
     message = error_message(response)
@@ -177,7 +205,7 @@ def status_error(response: httpx.Response, now: float) -> StatusError:
     return RejectedError(code, message)
 
 
-def classify(workflow_id: str, response: httpx.Response, now: float) -> CancelResult | StatusError:
+def classify(workflow_id: str, response: Answer, now: float) -> CancelResult | StatusError:
     """What one answer to a cancel call means (contract section 5): a result, or the error to raise.
 
     A pure function of the answer (status, headers, body) and the clock: 2xx `cancelled`, 409
@@ -201,7 +229,7 @@ HttpTransportKind = Literal["aiohttp", "httpx-aiohttp", "httpx"]
 class HttpSession(Protocol):
     """The one long-lived line to DialNexa that the client sends its requests over."""
 
-    async def request(self, method: str, path: str) -> httpx.Response:
+    async def request(self, method: str, path: str) -> Answer:
         """Send one request to `path` (relative to the base URL); the answer is read whole."""
         ...
 
@@ -317,7 +345,7 @@ class DialNexaClient:
             return
         raise status_error(response, time.time())
 
-    async def _send(self, operation: str, method: str, path: str) -> httpx.Response:
+    async def _send(self, operation: str, method: str, path: str) -> Answer:
         started = time.perf_counter()
         try:
             response = await self._http.request(method, path)

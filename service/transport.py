@@ -1,17 +1,32 @@
-"""DialNexa requests straight over one aiohttp session, answered as `httpx.Response`s.
+"""DialNexa requests straight over one aiohttp session: the default HTTP path.
 
-The default HTTP path (`CANCELLER_HTTP_TRANSPORT=aiohttp`). The client above reads the same
-`httpx.Response`s and sees the same `httpx.TransportError`s as over any httpx transport (aiohttp
-errors are mapped onto httpx's exception tree), so the choice stays one word in the settings.
-What it skips is building an `httpx.Request` per call: parsing and validating the URL and the
-headers again for every workflow cost more CPU than aiohttp's whole request here (the measurements
-are in docs/benchmarks.md). DialNexa's answers are a few hundred bytes, so each is read whole.
+`CANCELLER_HTTP_TRANSPORT=aiohttp`. The client reads its answers as it reads `httpx.Response`s
+(status, case-insensitive headers, body, reason) and its failures as httpx's `TransportError`s
+(aiohttp errors are mapped onto httpx's exception tree), so the choice stays one word in the
+settings. What it skips is httpx's object model per call: building an `httpx.Request` (parsing and
+validating the URL and headers again for every workflow) and an `httpx.Response` (normalising the
+headers, running the body through its decoders) cost more CPU than aiohttp's whole request here
+(the measurements are in docs/benchmarks.md). DialNexa's answers are a few hundred bytes, so each
+is read whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import aiohttp
 import httpx
+
+
+@dataclass(frozen=True, slots=True)
+class AiohttpAnswer:
+    """One answer, read whole: what the client needs of it, as an `httpx.Response` spells it."""
+
+    status_code: int
+    headers: Mapping[str, str]  # aiohttp's, case-insensitive
+    content: bytes
+    reason_phrase: str
 
 
 class AiohttpSession:
@@ -35,12 +50,10 @@ class AiohttpSession:
             headers=self._headers,  # merged by aiohttp, once per request, with nothing else
             timeout=self._timeout,
             connector=connector,
-            # httpx decodes Content-Encoding itself, from the headers passed up with the raw body.
-            auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
 
-    async def request(self, method: str, path: str) -> httpx.Response:
+    async def request(self, method: str, path: str) -> AiohttpAnswer:
         """Send one request; the whole answer is read before it is returned."""
         session = self._session or self._open()
         self._session = session
@@ -55,12 +68,7 @@ class AiohttpSession:
             raise httpx.RemoteProtocolError(str(error) or "server disconnected") from error
         except aiohttp.ClientError as error:
             raise httpx.NetworkError(str(error)) from error
-        return httpx.Response(
-            answer.status,
-            headers=answer.raw_headers,
-            content=body,
-            extensions={"reason_phrase": (answer.reason or "").encode()},
-        )
+        return AiohttpAnswer(answer.status, answer.headers, body, answer.reason or "")
 
     async def aclose(self) -> None:
         if self._session is not None:

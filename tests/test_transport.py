@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -13,6 +16,8 @@ from service.dialnexa import (
     CancelResult,
     DialNexaClient,
     HttpTransportKind,
+    RateLimit,
+    RateLimitedError,
     ServerError,
     TransportError,
     build_http_client,
@@ -85,3 +90,63 @@ async def test_refused_connection_is_a_transport_error(kind: HttpTransportKind) 
             await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_1")
     finally:
         await http.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_rate_limit_headers_read_the_same(kind: HttpTransportKind, simulator: Any) -> None:
+    """X-RateLimit-* on every answer and Retry-After on a 429 reach the client through each transport."""
+    sim, base_url = simulator
+    sim.config.rate_limit = 2
+    sim.config.rate_window_s = 30.0
+    seen: list[RateLimit] = []
+    http = build_http_client(
+        base_url=base_url,
+        api_key=SecretStr("sim_key:sim_secret"),
+        connect_timeout_s=1,
+        read_timeout_s=1,
+        max_connections=1,
+        kind=kind,
+    )
+    api = DialNexaClient(http, Metrics.build(CollectorRegistry()), on_rate_limit=seen.append)
+    try:
+        assert (await api.cancel("wf_a")).outcome == "cancelled"
+        assert (await api.cancel("wf_b")).outcome == "cancelled"
+        with pytest.raises(RateLimitedError) as caught:
+            await api.cancel("wf_c")
+    finally:
+        await http.aclose()
+    assert [(s.limit, s.remaining) for s in seen] == [(2, 1), (2, 0), (2, 0)]
+    assert all(s.reset_after_s is not None and 0 < s.reset_after_s <= 30 for s in seen)
+    assert caught.value.retry_after_s is not None
+    assert 0 < caught.value.retry_after_s <= 30
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_compressed_answer_is_decoded(kind: HttpTransportKind) -> None:
+    """A gzip-encoded answer is read as its JSON through every transport."""
+
+    async def cancel(_request: web.Request) -> web.Response:
+        body = gzip.compress(json.dumps({"id": "wf_gz", "status": "cancelled"}).encode())
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/workflows/{id}/cancel", cancel)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    http = build_http_client(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key=SecretStr("k:s"),
+        connect_timeout_s=1,
+        read_timeout_s=1,
+        max_connections=1,
+        kind=kind,
+    )
+    try:
+        result = await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_gz")
+    finally:
+        await http.aclose()
+        await runner.cleanup()
+    assert result == CancelResult("wf_gz", "cancelled", "cancelled")
