@@ -32,7 +32,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from .metrics import Metrics
+from .metrics import Children, Metrics
 
 CancelOutcome = Literal["cancelled", "already_terminal", "not_found"]
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
@@ -323,7 +323,8 @@ class DialNexaClient:
         on_rate_limit: Callable[[RateLimit], None] | None = None,
     ) -> None:
         self._http = http
-        self._metrics = metrics
+        self._requests = Children(metrics.dialnexa_requests)
+        self._durations = Children(metrics.dialnexa_request_duration)
         self._on_rate_limit = on_rate_limit
 
     async def cancel(self, workflow_id: str) -> CancelResult:
@@ -358,8 +359,8 @@ class DialNexaClient:
         return response
 
     def _observe(self, operation: str, status: str, started: float) -> None:
-        self._metrics.dialnexa_requests.labels(operation, status).inc()
-        self._metrics.dialnexa_request_duration.labels(operation).observe(time.perf_counter() - started)
+        self._requests(operation, status).inc()
+        self._durations(operation).observe(time.perf_counter() - started)
 
 
 def _status_of(body: dict[str, Any]) -> str | None:

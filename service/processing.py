@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -24,6 +23,7 @@ from .config import Settings
 from .dialnexa import CancelResult
 from .events import (
     COMPLAINT_RECEIVED,
+    WORKFLOW_CANCELLED,
     InboundEvent,
     InvalidEvent,
     parse,
@@ -42,7 +42,7 @@ from .handler import (
     handle,
 )
 from .logs import encodable
-from .metrics import Metrics
+from .metrics import Children, Metrics
 from .publisher import HeaderValue, Publisher
 from .retries import (
     HEADER_ATTEMPTS,
@@ -92,12 +92,17 @@ class Processor:
             max_retry_after_wait_s=settings.max_retry_after_wait_s,
         )
         self.credentials_rejected = asyncio.Event()
+        self._received = Children(metrics.events_received)
+        self._processed = Children(metrics.events_processed)
+        self._durations = Children(metrics.event_processing_duration)
+        self._ages = Children(metrics.event_age)
+        self._cancellations = Children(metrics.workflow_cancellations)
+        self._published = metrics.events_published.labels(WORKFLOW_CANCELLED)
 
     async def process(self, message: AbstractIncomingMessage, publisher: Publisher, queue: str) -> None:
         started = time.perf_counter()
         delivery = Delivery.of(message, int(time.time() * 1000), self._settings.requeue_exchange)
         self._metrics.inflight_events.inc()
-        structlog.contextvars.bind_contextvars(message_id=message.message_id, attempt=delivery.attempt)
         try:
             event, outcome = await self._outcome_of(message, publisher, delivery)
             result = await self.settle(message, outcome, publisher, queue, delivery)
@@ -118,10 +123,13 @@ class Processor:
         try:
             event = parse(message.body, message.content_type, self._settings.max_body_bytes)
         except InvalidEvent as error:
-            self._metrics.events_received.labels(peek_type(message.body)).inc()
+            structlog.contextvars.bind_contextvars(message_id=message.message_id, attempt=delivery.attempt)
+            self._received(peek_type(message.body)).inc()
             return None, DeadLetter("invalid", str(error))
-        self._metrics.events_received.labels(event.type).inc()
-        structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
+        structlog.contextvars.bind_contextvars(
+            message_id=message.message_id, attempt=delivery.attempt, event_id=event.id, event_type=event.type
+        )
+        self._received(event.type).inc()
         done = decode_done(delivery.done_header, len(event.data.workflow_ids))
         try:
             outcome = await handle(
@@ -155,20 +163,21 @@ class Processor:
         started: float,
     ) -> None:
         """Metrics and the one summary log line of a settled message."""
-        metrics = self._metrics
         event_type = event.type if event else peek_type(message.body)
         duration_s = time.perf_counter() - started
-        metrics.events_processed.labels(event_type, result).inc()
-        metrics.event_processing_duration.labels(event_type).observe(duration_s)
-        counts: Counter[str] = Counter(r.outcome for r in outcome.results)
+        self._processed(event_type, result).inc()
+        self._durations(event_type).observe(duration_s)
+        counts: dict[str, int] = {}
+        for each in outcome.results:
+            counts[each.outcome] = counts.get(each.outcome, 0) + 1
         failed = outcome.failed if isinstance(outcome, DeadLetter) else 0
         if failed:
             counts["failed"] = failed
         for name, count in counts.items():
-            metrics.workflow_cancellations.labels(event_type, name).inc(count)
+            self._cancellations(event_type, name).inc(count)
         if event is not None and isinstance(outcome, Completed):
             born_s = event.time.timestamp() if event.time else delivery.first_seen_ms / 1000
-            metrics.event_age.labels(event_type).observe(max(0.0, time.time() - born_s))
+            self._ages(event_type).observe(max(0.0, time.time() - born_s))
         log.info(
             "event.settled",
             event_type=event_type,
@@ -194,7 +203,7 @@ class Processor:
             confirmed_at=confirmed_at,
         )
         await publisher.workflow_cancelled(body, event_id, confirmed_at)
-        self._metrics.events_published.labels("workflow-cancelled").inc()
+        self._published.inc()
         log.debug("workflow.published", workflow_id=result.workflow_id, outcome=result.outcome)
 
     async def settle(
