@@ -326,11 +326,11 @@ def _a(meta: dict[str, Any], a: dict[str, Any]) -> str:
     out.append(
         "Service defaults: "
         + ", ".join(f"`{k}={v}`" for k, v in defaults.items() if v is not None)
-        + ". `CANCELLER_HTTP_TRANSPORT`: `aiohttp` = the service's thin aiohttp transport under httpx's "
-        "API (where the service has it), `httpx-aiohttp` = httpx-aiohttp's `AiohttpTransport`, `httpx` = "
-        "httpx's own transport (httpcore). Single runs of a smaller backlog: on this VM the same "
-        "configuration varies by 10–20 % from run to run, so only larger gaps mean anything; compare "
-        "with the three runs above.\n"
+        + ". `CANCELLER_HTTP_TRANSPORT`: `aiohttp` = aiohttp directly, answers read without httpx "
+        "objects (`service/transport.py`), `httpx-aiohttp` = httpx's API over httpx-aiohttp's "
+        "`AiohttpTransport`, `httpx` = httpx's API over its own transport (httpcore). Single runs of a "
+        "smaller backlog: on this VM the same configuration varies by 10–20 % from run to run, so only "
+        "larger gaps mean anything; compare with the runs above.\n"
     )
     out.append(
         _table(
@@ -360,12 +360,13 @@ def _a(meta: dict[str, Any], a: dict[str, Any]) -> str:
     labels = {
         "httpx": "httpx, default transport (httpcore)",
         "httpx-aiohttp": "httpx over httpx-aiohttp's `AiohttpTransport`",
+        "service": "the service's own session (`build_http_client`, default `aiohttp` path)",
         "aiohttp": "raw aiohttp `ClientSession`",
     }
     out.append(
         _table(
             ["client", "requests/s median", "min – max"],
-            [[labels[k], *_spread(v, _fmt)] for k, v in http.items()],
+            [[labels.get(k, k), *_spread(v, _fmt)] for k, v in http.items()],
         )
     )
     out.append(_profile(a.get("profile") or {}))

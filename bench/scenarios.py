@@ -393,7 +393,7 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
             "raw_peak_rss_mib": h.summary(r.get("peak_rss_mib") for r in raw),
             "http_rps": {
                 name: h.summary(run.get(name, {}).get("rps") for run in http)
-                for name in ("httpx", "httpx-aiohttp", "aiohttp")
+                for name in ("httpx", "httpx-aiohttp", "service", "aiohttp")
             },
         },
     }

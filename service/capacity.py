@@ -86,7 +86,8 @@ class LaneApi:
         self._lane = lane
         metrics = capacity.metrics
         self._cache_hits = metrics.terminal_cache_hits.labels(lane)
-        self._inflight = metrics.inflight_requests.labels(lane)
+        self._inflight = 0  # read by the gauge at scrape time: no lock taken per call
+        metrics.inflight_requests.labels(lane).set_function(lambda: self._inflight)
         self._waits = metrics.limiter_wait.labels(lane)
 
     async def cancel(self, workflow_id: str) -> CancelResult:
@@ -100,14 +101,14 @@ class LaneApi:
         try:
             await c.pacer.acquire(self._lane)
             self._waits.observe(time.perf_counter() - started)
-            self._inflight.inc()
+            self._inflight += 1
             try:
                 result = await c.client.cancel(workflow_id)
             except RateLimitedError as error:
                 c.pacer.block(error.retry_after_s)
                 raise
             finally:
-                self._inflight.dec()
+                self._inflight -= 1
         finally:
             c.slots.release(self._lane)
         c.cache.remember(result)

@@ -243,8 +243,8 @@ def workflow_cancelled(
         "source": source,
         "type": WORKFLOW_CANCELLED,
         "subject": workflow_id,
-        "time": confirmed_at.isoformat().replace("+00:00", "Z"),
+        "time": confirmed_at,  # RFC 3339 by orjson, UTC as "Z"
         "datacontenttype": "application/json",
         "data": data,
     }
-    return event_id, orjson.dumps(envelope)
+    return event_id, orjson.dumps(envelope, option=orjson.OPT_UTC_Z)
