@@ -2,7 +2,7 @@
 
 python -m bench                      # every scenario, 3 runs each (about 10 minutes)
 python -m bench --quick              # smoke run: small sizes, 1 run
-python -m bench --large              # the issue's nominal sizes (20k / 100k events; about 30 minutes)
+python -m bench --large              # longer matrix, profile, c and d (about 20 minutes)
 python -m bench --only a,d --runs 5  # some scenarios
 """
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke run with small sizes")
-    size.add_argument("--large", action="store_true", help="the issue's nominal sizes (much longer)")
+    size.add_argument("--large", action="store_true", help="longer matrix, profile, c and d")
     parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated scenarios (default: all)")
     parser.add_argument("--output", default="docs/benchmarks.md", help="the report (relative to the repo)")
     parser.add_argument("--quiet-wait-s", type=float, default=30, help="wait this long for an idle machine")
