@@ -386,6 +386,8 @@ def _profile(profile: dict[str, Any]) -> str:
     cpu = (run.get("cpu_pct") or {}).get("worker")
     out = [
         "### Profile of the worker's hot path\n",
+        "Where the time goes per event, against the raw loop, and what was changed for it: "
+        "`docs/performance.md`.\n",
         f"`py-spy record --format raw -r 100 -p <worker>` attached during a separate drain of "
         f"{run.get('events', 0):,} events ({_fmt(run.get('events_per_s'))} events/s while sampled; the "
         f"worker used {_fmt(cpu)} % of one core). {profile['samples']:,} samples; percentages are of all "

@@ -1,0 +1,117 @@
+"""The service's own per-event cost, without the broker or HTTP: `Processor.process` in one process.
+
+Everything the worker does for one event except the I/O: delivery headers, parsing, the core,
+the lane (terminal cache, slots, pacer), the client's reading of the answer (rate-limit headers,
+classification), building the outbound event, settling and the metrics. The broker message, the
+publisher and the HTTP session are instant stand-ins, so what is measured is the service's code and
+the libraries it calls (pydantic, prometheus-client, structlog, cachetools, orjson), nothing else.
+
+Timings on a shared VM move by 10-20 % from run to run; for a figure that does not, count
+instructions: the per-event slope between two sizes, under valgrind, is the same on every run.
+
+    python -m bench.core                     # CPU µs per event: min and median of 7 rounds
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m bench.core --events 2000 --rounds 1
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m bench.core --events 4000 --rounds 1
+        # instructions per event = (Collected at 4000 - Collected at 2000) / 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from datetime import datetime
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from service import logs
+from service.app import build_capacity
+from service.config import Settings
+from service.metrics import Metrics
+from service.processing import Processor
+from service.transport import AiohttpAnswer
+
+_HEADERS = CIMultiDictProxy(CIMultiDict([("Content-Type", "application/json"), ("Content-Length", "74")]))
+_ANSWER = b'{"id":"wf_1","status":"cancelled","cancelled_at":"2026-11-29T18:00:00Z"}'
+
+
+class InstantHttp:
+    """Every call answers 200 at once, as the simulator does at zero latency."""
+
+    async def request(self, method: str, path: str) -> AiohttpAnswer:
+        return AiohttpAnswer(200, _HEADERS, _ANSWER, "OK")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class InstantPublisher:
+    """Every publish is confirmed at once."""
+
+    async def workflow_cancelled(self, body: bytes, event_id: str, confirmed_at: datetime) -> None:
+        return None
+
+
+class Delivered:
+    """The parts of an aio-pika incoming message the processor reads, for one campaign-ended event."""
+
+    __slots__ = ("body", "content_type", "exchange", "headers", "message_id", "routing_key")
+
+    def __init__(self, n: int) -> None:
+        event_id = uuid.uuid4()
+        self.body = (
+            b'{"specversion":"1.0","id":"%s","source":"crm","type":"campaign-ended",'
+            b'"time":"2026-11-29T18:00:00Z","data":{"campaign_id":"c1","workflow_ids":["wf_%d"]}}'
+            % (str(event_id).encode(), n)
+        )
+        self.content_type = "application/cloudevents+json"
+        self.exchange = "crm.events"
+        self.headers: dict[str, object] = {}
+        self.message_id = str(event_id)
+        self.routing_key = "campaign-ended"
+
+    async def ack(self) -> None:
+        return None
+
+
+async def measure(events: int, rounds: int) -> list[float]:
+    """CPU µs per event of `Processor.process`, one figure per round of `events` new events."""
+    settings = Settings(_env_file=None, dialnexa_api_key=SecretStr("key_1:s3cret"))  # type: ignore[call-arg]
+    logs.configure("WARNING", "json")  # as the benchmarks run the worker
+    metrics = Metrics.build(CollectorRegistry())
+    processor = Processor(
+        settings, build_capacity(settings, InstantHttp(), metrics), metrics, broker_trouble=lambda: None
+    )
+    publisher = InstantPublisher()
+    for n in range(500):  # warm-up: caches, metric children, lazily built validators
+        await processor.process(Delivered(n), publisher, "q")  # type: ignore[arg-type]
+    figures = []
+    for round_ in range(rounds):
+        batch = [Delivered(events * (round_ + 1) + n) for n in range(events)]
+        started = time.process_time()
+        for message in batch:
+            await processor.process(message, publisher, "q")  # type: ignore[arg-type]
+        figures.append((time.process_time() - started) / events * 1e6)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=5_000, help="events per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    figures = asyncio.run(measure(args.events, args.rounds))
+    print(
+        f"CPU per event: min {min(figures):.1f} µs, median {statistics.median(figures):.1f} µs "
+        f"({args.rounds} round(s) of {args.events:,} events)"
+    )
+
+
+if __name__ == "__main__":
+    main()
