@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from typing import Any
@@ -11,6 +12,7 @@ import structlog
 from pydantic import ValidationError
 
 from service import logs
+from service.app import GC_GEN0_THRESHOLD, settle_gc
 from service.config import Settings, describe_errors, secret_values
 from service.retries import decode_done, encode_done
 from service.topology import delay_queue_for
@@ -136,3 +138,16 @@ def test_secret_values_cover_every_written_form() -> None:
         settings(dialnexa_api_key="kid:s3cr3t", amqp_url="amqps://svc:p%40ss%2Fword@broker.example.test/")
     )
     assert {"kid:s3cr3t", "s3cr3t", "p%40ss%2Fword", "p@ss/word"} <= set(values)
+
+
+def test_settle_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    """After start-up the collector skips what exists by then and collects generation 0 less often."""
+    before = gc.get_threshold()
+    try:
+        settle_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, before[1], before[2])
+        assert before[0] < GC_GEN0_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
