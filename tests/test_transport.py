@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from service.dialnexa import (
     CancelResult,
     DialNexaClient,
+    HttpSession,
     HttpTransportKind,
     RateLimit,
     RateLimitedError,
@@ -28,18 +29,25 @@ from tests.support import free_port
 KINDS: list[HttpTransportKind] = ["aiohttp", "httpx-aiohttp", "httpx"]
 
 
+def session(
+    base_url: str, kind: HttpTransportKind, *, read_timeout_s: float = 1, max_connections: int = 1
+) -> HttpSession:
+    """The service's HTTP session of one kind, with the simulator's key and short timeouts."""
+    return build_http_client(
+        base_url=base_url,
+        api_key=SecretStr("sim_key:sim_secret"),
+        connect_timeout_s=1,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
+        kind=kind,
+    )
+
+
 @pytest.fixture(params=KINDS)
 async def client(request: pytest.FixtureRequest, simulator: Any) -> AsyncIterator[DialNexaClient]:
     """A DialNexa client over each transport, pointed at the simulator, with a short read timeout."""
     _, base_url = simulator
-    http = build_http_client(
-        base_url=base_url,
-        api_key=SecretStr("sim_key:sim_secret"),
-        connect_timeout_s=1,
-        read_timeout_s=0.5,
-        max_connections=4,
-        kind=request.param,
-    )
+    http = session(base_url, request.param, read_timeout_s=0.5, max_connections=4)
     yield DialNexaClient(http, Metrics.build(CollectorRegistry()))
     await http.aclose()
 
@@ -77,14 +85,7 @@ async def test_slow_answer_is_a_transport_error(client: DialNexaClient, simulato
 @pytest.mark.parametrize("kind", KINDS)
 async def test_refused_connection_is_a_transport_error(kind: HttpTransportKind) -> None:
     """Nothing listening: TransportError, not a crash."""
-    http = build_http_client(
-        base_url=f"http://127.0.0.1:{free_port()}/v1",
-        api_key=SecretStr("k:s"),
-        connect_timeout_s=1,
-        read_timeout_s=1,
-        max_connections=1,
-        kind=kind,
-    )
+    http = session(f"http://127.0.0.1:{free_port()}/v1", kind)
     try:
         with pytest.raises(TransportError):
             await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_1")
@@ -99,14 +100,7 @@ async def test_rate_limit_headers_read_the_same(kind: HttpTransportKind, simulat
     sim.config.rate_limit = 2
     sim.config.rate_window_s = 30.0
     seen: list[RateLimit] = []
-    http = build_http_client(
-        base_url=base_url,
-        api_key=SecretStr("sim_key:sim_secret"),
-        connect_timeout_s=1,
-        read_timeout_s=1,
-        max_connections=1,
-        kind=kind,
-    )
+    http = session(base_url, kind)
     api = DialNexaClient(http, Metrics.build(CollectorRegistry()), on_rate_limit=seen.append)
     try:
         assert (await api.cancel("wf_a")).outcome == "cancelled"
@@ -136,14 +130,7 @@ async def test_compressed_answer_is_decoded(kind: HttpTransportKind) -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    http = build_http_client(
-        base_url=f"http://127.0.0.1:{port}/v1",
-        api_key=SecretStr("k:s"),
-        connect_timeout_s=1,
-        read_timeout_s=1,
-        max_connections=1,
-        kind=kind,
-    )
+    http = session(f"http://127.0.0.1:{port}/v1", kind)
     try:
         result = await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_gz")
     finally:
