@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from drills.common import SimProcess
+
 from . import harness as h
 from . import report
 from .scenarios import SCENARIOS, Config, Ctx, config_dict
@@ -150,7 +152,7 @@ async def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     try:
         found = await versions(broker)
-        sim = await h.SimProcess.start()
+        sim = await SimProcess.start(h.RESULTS / "logs")  # the drills' simulator process
         ctx = Ctx(cfg, broker, sim)
         try:
             for key in args.only:

@@ -26,11 +26,11 @@ import aiohttp
 from pamqp import commands as spec
 
 from drills.common import (  # one copy of the process and /proc helpers for bench and drills
+    DrillError,
     Proc,
     cpu_seconds,
     free_port,
     http_get,
-    http_post,
     machine_busy_seconds,
     proc_status,
 )
@@ -47,8 +47,9 @@ if str(ROOT) not in sys.path:  # `service` is imported for its topology, so queu
     sys.path.insert(0, str(ROOT))
 
 
-class BenchError(Exception):
-    """A trial could not run or finish (the scenario records it and goes on)."""
+class BenchError(DrillError):
+    """A trial could not run or finish (the scenario records it and goes on, as for any `DrillError`
+    the shared helpers raise)."""
 
 
 async def run_cmd(*argv: str, timeout_s: float = 60) -> tuple[int, str]:
@@ -350,33 +351,6 @@ async def wait_http(proc: Proc, path: str, timeout_s: float = 30) -> float:
                 return time.monotonic() - started
         await asyncio.sleep(0.05)
     raise BenchError(f"{proc.name} not answering 200 on {path} after {timeout_s:.0f}s: {proc.log_tail()}")
-
-
-class SimProcess:
-    """The DialNexa simulator as its own process (its CLI), reconfigured through /_sim/."""
-
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
-        self.base_url = f"http://{HOST}:{proc.port}/v1"
-        self.control = f"http://{HOST}:{proc.port}/_sim"
-
-    @classmethod
-    async def start(cls) -> SimProcess:
-        port = free_port()
-        argv = [PYTHON, "-m", "service.simulator", "--host", HOST, "--port", str(port)]
-        proc = await spawn("simulator", argv, {}, port)
-        await wait_http(proc, "/healthz", timeout_s=20)
-        return cls(proc)
-
-    async def configure(self, **config: Any) -> None:
-        await http_post(f"{self.control}/config", config)
-
-    async def reset(self) -> None:
-        await http_post(f"{self.control}/reset", {})
-
-    async def stats(self) -> dict[str, Any]:
-        _, body = await http_get(f"{self.control}/stats")
-        return body if isinstance(body, dict) else {}
 
 
 # --- measuring ---------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from typing import Any, get_args
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from drills.common import DrillError, SimProcess
+
 from . import harness as h
-from .harness import BenchError, Broker, Drain, Proc, SimProcess, Trial
+from .harness import BenchError, Broker, Drain, Proc, Trial
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ async def guarded(what: str, trial: Callable[[], Awaitable[dict[str, Any]]]) -> 
     started = time.monotonic()
     try:
         result = await trial()
-    except (BenchError, OSError, TimeoutError, aio_pika.exceptions.AMQPException) as error:
+    except (DrillError, OSError, TimeoutError, aio_pika.exceptions.AMQPException) as error:
         result = {"error": f"{type(error).__name__}: {error}"[:500]}
     result["trial"] = what
     result["wall_s"] = round(time.monotonic() - started, 1)

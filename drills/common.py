@@ -265,6 +265,10 @@ class SimProcess:
     async def configure(self, **config: Any) -> Any:
         return await http_post(f"{self.control}/config", config)
 
+    async def reset(self) -> None:
+        """Forget workflows, scripts, calls, counters and the rate window; keep the config."""
+        await http_post(f"{self.control}/reset", {})
+
     async def set_workflows(self, statuses: dict[str, str]) -> None:
         await http_post(f"{self.control}/workflows", statuses, timeout_s=60)
 
