@@ -96,9 +96,6 @@ def mask_shapes(text: str) -> str:
 _NOISY_LIBRARIES = ("aio_pika", "aiormq", "pamqp", "httpx", "httpcore", "aiohttp.access")
 
 
-_PLAIN = frozenset({int, float, bool})
-
-
 class Redactor:
     """Drops sensitive keys and masks secret values anywhere in an event dict."""
 
@@ -112,15 +109,9 @@ class Redactor:
 
     def _clean(self, mapping: MutableMapping[str, Any]) -> EventDict:
         cleaned: EventDict = {}
-        mask = self._mask
         for key, value in mapping.items():
             if isinstance(key, str) and key.lower() in SENSITIVE_KEYS:
                 cleaned[key] = MASK
-            # Fast paths for what nearly every line holds (exact types: subclasses take _value).
-            elif value.__class__ is str:
-                cleaned[key] = mask(value)
-            elif value is None or value.__class__ in _PLAIN:
-                cleaned[key] = value
             else:
                 cleaned[key] = self._value(value)
         return cleaned
