@@ -45,6 +45,8 @@ class Worker:
         self._readiness = readiness
         self._processor = Processor(settings, capacity, metrics, broker_trouble=self._broker_trouble)
         self._inflight: set[asyncio.Task[Any]] = set()
+        # Read at scrape time from the tasks tracked for the drain: nothing to update per message.
+        metrics.inflight_events.set_function(lambda: len(self._inflight))
         self._lost = asyncio.Event()  # replaced at every session
 
     def _broker_trouble(self) -> None:

@@ -98,13 +98,10 @@ class Processor:
         self._ages = Children(metrics.event_age)
         self._cancellations = Children(metrics.workflow_cancellations)
         self._published = metrics.events_published.labels(WORKFLOW_CANCELLED)
-        self._inflight = 0  # read by the gauge at scrape time: no lock taken per message
-        metrics.inflight_events.set_function(lambda: self._inflight)
 
     async def process(self, message: AbstractIncomingMessage, publisher: Publisher, queue: str) -> None:
         started = time.perf_counter()
         delivery = Delivery.of(message, int(time.time() * 1000), self._settings.requeue_exchange)
-        self._inflight += 1
         try:
             event, outcome = await self._outcome_of(message, publisher, delivery)
             result = await self.settle(message, outcome, publisher, queue, delivery)
@@ -115,8 +112,6 @@ class Processor:
             log.warning("event.unsettled", error=short(error), note="reconnecting; the broker redelivers it")
             self._broker_trouble()
             return
-        finally:
-            self._inflight -= 1
         self._observe(message, event, outcome, result, delivery, started)
 
     async def _outcome_of(

@@ -104,3 +104,19 @@ async def test_lane_metrics_are_exported(simulator: Any, broker: BrokerProbe, st
     assert 0 < worker.metric("canceller_dialnexa_rate_limit_remaining") <= 47
     assert worker.metric("canceller_dialnexa_pace_rps") > 0
     assert worker.metric("canceller_inflight_requests", lane="complaint") == 0
+
+
+async def test_inflight_gauges_follow_the_work(
+    simulator: Any, broker: BrokerProbe, start_worker: Any
+) -> None:
+    """While one event's call is held, one event and one campaign request are in flight; then none."""
+    sim, _ = simulator
+    sim.config.latency_s = 1.0
+    worker = await start_worker()
+    await broker.publish(campaign(wf_ids(1)))
+    await wait_until(lambda: sim.inflight == 1, what="a call in flight")
+    assert worker.metric("canceller_inflight_events") == 1
+    assert worker.metric("canceller_inflight_requests", lane="campaign") == 1
+    await wait_until(lambda: len(broker.outputs) == 1, what="the output")
+    await wait_until(lambda: worker.metric("canceller_inflight_events") == 0, what="the event settled")
+    assert worker.metric("canceller_inflight_requests", lane="campaign") == 0
