@@ -90,7 +90,7 @@ def settle_gc() -> None:
     What start-up built (modules, models, the metric registry) lives as long as the process, so it
     is frozen out of every later collection, and the youngest generation is collected less often.
     Draining 4,000 events, the worker spent about 150 ms in the collector (two full collections of
-    about 30 ms each among them) and about 30 ms with these settings (docs/benchmarks.md).
+    about 30 ms each among them) and about 30 ms with these settings (docs/performance.md).
     """
     gc.collect()
     gc.freeze()

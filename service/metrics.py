@@ -28,7 +28,7 @@ class Children(Generic[M]):
     """The children of one labelled metric, each looked up once per set of label values.
 
     `labels()` validates its arguments and takes a lock on every call; on the hot path, eight of
-    them per event added up (docs/benchmarks.md). Label values are bounded sets, so is this map.
+    them per event added up (docs/performance.md). Label values are bounded sets, so is this map.
     """
 
     __slots__ = ("_children", "_metric")

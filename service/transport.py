@@ -6,7 +6,7 @@
 settings. What it skips is httpx's object model per call: building an `httpx.Request` (parsing and
 validating the URL and headers again for every workflow) and an `httpx.Response` (normalising the
 headers, running the body through its decoders) cost more CPU than aiohttp's whole request here
-(the measurements are in docs/benchmarks.md). DialNexa's answers are a few hundred bytes, so each
+(the measurements are in docs/performance.md). DialNexa's answers are a few hundred bytes, so each
 is read whole.
 """
 
