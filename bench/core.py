@@ -87,9 +87,7 @@ async def measure(events: int, rounds: int, publisher: InstantPublisher | None =
     settings = Settings(_env_file=None, dialnexa_api_key=SecretStr("key_1:s3cret"))  # type: ignore[call-arg]
     logs.configure("WARNING", "json")  # as the benchmarks run the worker
     metrics = Metrics.build(CollectorRegistry())
-    processor = Processor(
-        settings, build_capacity(settings, InstantHttp(), metrics), metrics, broker_trouble=lambda: None
-    )
+    processor = Processor(settings, build_capacity(settings, InstantHttp(), metrics), metrics)
     publisher = publisher or InstantPublisher()
     for n in range(WARM_UP):  # warm-up: caches, metric children, lazily built validators
         await processor.process(Delivered(n), publisher, "q")  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ import stamina.instrumentation
 import structlog
 from prometheus_client import CollectorRegistry
 
-from .capacity import Capacity, Slots, TerminalCache
+from .capacity import Capacity, PacedAdmission, Slots, TerminalCache
 from .config import CommonSettings, Settings
 from .consumer import Worker
 from .dialnexa import DialNexaClient, HttpSession, RateLimit, build_http_client
@@ -58,13 +58,21 @@ def build_capacity(settings: Settings, http: HttpSession, metrics: Metrics) -> C
             metrics.rate_limit_remaining.set(info.remaining)
         metrics.pace.set(pacer.pace_rps() or 0.0)
 
-    client = DialNexaClient(http, metrics, on_rate_limit=on_rate_limit)
+    client = DialNexaClient(
+        http, metrics, on_rate_limit=on_rate_limit, max_wait_s=settings.max_rate_limit_wait_s
+    )
+    # Campaign workflows admitted at once: what the pace finishes while a call may still start.
+    # Until the API tells the pace, two rounds of the in-flight slots.
+    admission = PacedAdmission(pacer, settings.start_window_s, unpaced=2 * settings.concurrency)
+    metrics.admitted_workflows.set_function(lambda: admission.in_flight)
+    metrics.rate_limit_pause.set_function(pacer.blocked_for)
     return Capacity(
         client,
         pacer,
         Slots(settings.concurrency, settings.reserved_slots),
         TerminalCache(settings.terminal_cache_size, settings.terminal_cache_ttl_s),
         metrics,
+        campaign_admission=admission,
     )
 
 
@@ -135,13 +143,22 @@ async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Eve
     metrics = Metrics.build(registry)
     metrics.credentials_valid.set(1)
     stamina.instrumentation.set_on_retry_hooks([retry_hook(metrics)])
-    readiness = Readiness(settings.input_queues, metrics)
     async with AsyncExitStack() as stack:
         http = http_session(settings, settings.concurrency)
         stack.push_async_callback(http.aclose)
+        capacity = build_capacity(settings, http, metrics)
+
+        def rate_limited() -> str | None:
+            """Not ready while DialNexa has told us to wait longer than a quick retry would."""
+            wait_s = capacity.pacer.blocked_for()
+            if wait_s > settings.max_retry_after_wait_s:
+                return f"dialnexa rate limit: no calls for another {wait_s:.0f} s"
+            return None
+
+        readiness = Readiness(settings.input_queues, metrics, held_back=rate_limited)
         runner = await start_server(build_app(readiness, registry), settings.http_host, settings.http_port)
         stack.push_async_callback(runner.cleanup)
-        worker = Worker(settings, build_capacity(settings, http, metrics), metrics, readiness)
+        worker = Worker(settings, capacity, metrics, readiness)
         log.info(
             "service.started",
             http_port=settings.http_port,

@@ -1,24 +1,93 @@
-"""Everything between the core and the DialNexa client: terminal cache, in-flight slots, pacing.
+"""Everything between the core and the DialNexa client: admission, terminal cache, in-flight
+slots, pacing.
 
-`LaneApi(lane)` is what the core calls for one event. A call goes through, in order:
+`Capacity.admission(lane)` tells the core how many workflows a delivery may start: for the
+campaign lane no more than the current pace can finish within the hold limit (`Admission`); the
+complaint lane is never held back. `LaneApi(lane)` is what the core calls for one workflow. A call
+goes through, in order:
 1. the terminal cache: a workflow known to be terminal (a 2xx or 409 in the last while) is answered
    `already_terminal` without a request;
 2. an in-flight slot: at most `concurrency` requests per process, of which `reserved` can only be
    taken by the complaint lane (campaign work gets the rest);
 3. the pacer (rate budget, complaint priority; see `pacing`);
 4. the request, whose rate-limit headers and 429s feed the pacer back.
+Every wait before the request is bounded by the delivery's `start_by`: past it, `NotStarted`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Awaitable, Callable
 
 from cachetools import TTLCache
 
-from .dialnexa import CancelResult, DialNexaClient, RateLimitedError
+from .dialnexa import DialNexaClient
 from .metrics import Metrics
 from .pacing import LANES, Lane, Pacer
+from .ports import UNLIMITED, Admission, CancelResult, NotStarted, RateLimitedError
+
+# How often a delivery waiting for admission looks again (the budget follows every answer).
+_ADMISSION_NAP_S = 0.25
+
+
+class PacedAdmission:
+    """Admits campaign workflows so that each starts before its delivery's `start_by`.
+
+    The work already admitted finishes at the pace the API allows, so a delivery may add only what
+    the pace still fits before its own deadline: `pace x time left - admitted`. Deliveries are
+    served oldest first; one that nothing fits for does not block a younger one that has room.
+    With no pace known yet (no rate-limit headers, no static cap), `unpaced` at a time."""
+
+    def __init__(
+        self,
+        pacer: Pacer,
+        window_s: float,
+        unpaced: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._pacer = pacer
+        self._window_s = window_s
+        self._unpaced = unpaced
+        self._clock = clock
+        self._sleep = sleep
+        self._waiting: list[tuple[object, float]] = []  # oldest first
+        self.in_flight = 0
+
+    def room(self, start_by: float) -> int:
+        """How many more workflows the pace can start before `start_by`."""
+        rps = self._pacer.sustained_rps()
+        if rps is None:
+            return self._unpaced - self.in_flight
+        horizon = min(start_by - self._clock(), self._window_s)
+        return int(rps * horizon) - self.in_flight
+
+    def _grant(self, want: int, start_by: float) -> int:
+        granted = min(want, self.room(start_by))
+        self.in_flight += granted
+        return granted
+
+    async def take(self, want: int, start_by: float) -> int:
+        if not self._waiting and self.room(start_by) > 0:
+            return self._grant(want, start_by)
+        token = object()
+        self._waiting.append((token, start_by))
+        try:
+            while True:
+                first_with_room = next((t for t, by in self._waiting if self.room(by) > 0), None)
+                if first_with_room is token:
+                    return self._grant(want, start_by)
+                now = self._clock()
+                if now >= start_by:
+                    return 0
+                await self._sleep(min(_ADMISSION_NAP_S, start_by - now))
+        finally:
+            self._waiting.remove((token, start_by))
+
+    def give(self, count: int) -> None:
+        self.in_flight = max(0, self.in_flight - count)
 
 
 class Slots:
@@ -28,7 +97,21 @@ class Slots:
         self._total = asyncio.Semaphore(total)
         self._campaign = asyncio.Semaphore(max(1, total - reserved))
 
-    async def acquire(self, lane: Lane) -> None:
+    async def acquire(self, lane: Lane, start_by: float = math.inf) -> None:
+        """Take a slot; `NotStarted` when none is free before `start_by`."""
+        if start_by == math.inf or not (self._total.locked() or self._campaign.locked()):
+            await self._acquire(lane)
+            return
+        timeout = start_by - time.monotonic()
+        if timeout <= 0:
+            raise NotStarted("no request slot before the delivery's deadline")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._acquire(lane)
+        except TimeoutError:
+            raise NotStarted("no request slot before the delivery's deadline") from None
+
+    async def _acquire(self, lane: Lane) -> None:
         if lane == "campaign":
             await self._campaign.acquire()
             try:
@@ -65,7 +148,13 @@ class Capacity:
     """The process-wide pieces every lane shares."""
 
     def __init__(
-        self, client: DialNexaClient, pacer: Pacer, slots: Slots, cache: TerminalCache, metrics: Metrics
+        self,
+        client: DialNexaClient,
+        pacer: Pacer,
+        slots: Slots,
+        cache: TerminalCache,
+        metrics: Metrics,
+        campaign_admission: Admission = UNLIMITED,
     ) -> None:
         self.client = client
         self.pacer = pacer
@@ -73,9 +162,14 @@ class Capacity:
         self.cache = cache
         self.metrics = metrics
         self._lanes = {lane: LaneApi(self, lane) for lane in LANES}
+        self._admissions: dict[Lane, Admission] = {"complaint": UNLIMITED, "campaign": campaign_admission}
 
     def lane(self, lane: Lane) -> LaneApi:
         return self._lanes[lane]
+
+    def admission(self, lane: Lane) -> Admission:
+        """Complaints are never held back; campaign work follows the pace."""
+        return self._admissions[lane]
 
 
 class LaneApi:
@@ -90,16 +184,16 @@ class LaneApi:
         metrics.inflight_requests.labels(lane).set_function(lambda: self._inflight)
         self._waits = metrics.limiter_wait.labels(lane)
 
-    async def cancel(self, workflow_id: str) -> CancelResult:
+    async def cancel(self, workflow_id: str, start_by: float = math.inf) -> CancelResult:
         c = self._c
         known = c.cache.get(workflow_id)
         if known is not None:
             self._cache_hits.inc()
             return known
         started = time.perf_counter()
-        await c.slots.acquire(self._lane)
+        await c.slots.acquire(self._lane, start_by)
         try:
-            await c.pacer.acquire(self._lane)
+            await c.pacer.acquire(self._lane, start_by)
             self._waits.observe(time.perf_counter() - started)
             self._inflight += 1
             try:

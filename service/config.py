@@ -72,9 +72,11 @@ class CommonSettings(BaseSettings):
     complaint_reserved_budget: float = Field(default=0.05, ge=0, le=0.5)
     # Optional static cap on DialNexa requests per second per process (both lanes).
     dialnexa_max_rps: float | None = Field(default=None, gt=0)
-    # Workflows known terminal (2xx or 409) are not called again for this long.
+    # Workflows known terminal (2xx or 409) are not called again for this long. It must outlive a
+    # message's hold and its longest retry delay (checked below), so a retried or continued message
+    # still finds what the previous delivery learned.
     terminal_cache_size: int = Field(default=20_000, ge=0, le=10_000_000)
-    terminal_cache_ttl_s: PositiveSeconds = 900.0
+    terminal_cache_ttl_s: PositiveSeconds = 1_800.0
     # How requests reach DialNexa and the event loop: chosen by measurement (docs/performance.md).
     http_transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
     # uvloop measured 0-6 % faster here, within the run-to-run spread: asyncio's own loop is the default.
@@ -91,6 +93,16 @@ class CommonSettings(BaseSettings):
     call_backoff_max_s: PositiveSeconds = 5.0
     # A 429 whose Retry-After is longer than this is retried through the broker instead.
     max_retry_after_wait_s: float = Field(default=30.0, ge=0, le=3_600)
+    # Retry-After and X-RateLimit-Reset are believed up to this long: a longer claim (a proxy's
+    # `1e9`, a date in 2099) is taken as this. DialNexa's window is 60 s; 10 minutes is ten of them.
+    max_rate_limit_wait_s: PositiveSeconds = 600.0
+    # The longest a delivery is held unacked. RabbitMQ closes the channel of a consumer that holds
+    # one past `consumer_timeout` (30 minutes by default, often set lower) and every message on it
+    # comes back. 5 minutes is a sixth of the default: room for a lower broker setting, and a
+    # crashed pod's redelivered messages redo at most 5 minutes of calls (about 700 at DialNexa's
+    # 150 per 60 s). A message not finished by then is handed on to a continuation copy that
+    # carries what is done; that costs one confirmed publish per held message per 5 minutes.
+    max_hold_s: float = Field(default=300.0, ge=1, le=86_400)
     # The workflow id read to check whether a rejected API key works again (404 means it does).
     auth_probe_workflow_id: str = Field(
         default="wf_canceller_auth_probe", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
@@ -186,6 +198,33 @@ class CommonSettings(BaseSettings):
                     f" cannot be loaded ({type(error).__name__}: {error.strerror or error})"
                 ) from None
         return self
+
+    @model_validator(mode="after")
+    def _check_horizons(self) -> Self:
+        """The hold limit leaves time to finish a started call; memory outlives hold and retry."""
+        if self.max_hold_s < 2 * self.finish_margin_s:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_HOLD_S: must be at least twice the time a started call may still"
+                f" take ({self.finish_margin_s:g} s: connect and read timeouts and two publish timeouts)"
+            )
+        horizon = self.max_hold_s + max(self.retry_delays, default=0.0)
+        if self.terminal_cache_size and self.terminal_cache_ttl_s < horizon:
+            raise ValueError(
+                f"{ENV_PREFIX}TERMINAL_CACHE_TTL_S: must be at least {ENV_PREFIX}MAX_HOLD_S plus the"
+                f" longest retry delay ({horizon:g} s), so a continued or retried message still finds it"
+            )
+        return self
+
+    @property
+    def finish_margin_s(self) -> float:
+        """The longest a call started just before the deadline, its publish and the settling copy
+        can still take: the hold limit stops starting calls this long before it ends."""
+        return self.http_connect_timeout_s + self.http_read_timeout_s + 2 * self.publish_timeout_s
+
+    @property
+    def start_window_s(self) -> float:
+        """How long after delivery a call may still start."""
+        return self.max_hold_s - self.finish_margin_s
 
     @field_validator("log_level", mode="before")
     @classmethod

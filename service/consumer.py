@@ -1,9 +1,11 @@
 """Broker glue: connect, declare, consume, and supervise the session.
 
 `Worker.run` reconnects with capped, jittered backoff when the broker goes away, pauses
-consumption while DialNexa rejects our credentials (probing until the key works), and on stop
-cancels the consumers, drains in-flight messages for a bounded time and closes. Each message is
-handed to the `Processor` in a task of its own, tracked for the drain.
+consumption while DialNexa rejects our credentials (probing until the key may cancel, with a
+delay that grows each time a resumed key is rejected again), and on stop cancels the consumers,
+drains in-flight messages for a bounded time and closes. Each message is handed to the
+`Processor` in a task of its own, tracked for the drain; what the processor settled tells the
+worker whether to pause (credentials rejected) or to start a new session (abandoned).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQu
 from . import broker, topology
 from .capacity import Capacity
 from .config import Settings
-from .dialnexa import AuthError, DialNexaError, RejectedError
+from .dialnexa import AuthError, DialNexaError
+from .handler import Abandon, CredentialsRejected
 from .health import Readiness
 from .metrics import Metrics
 from .processing import SESSION_ERRORS, BrokerLost, Processor
@@ -43,15 +46,15 @@ class Worker:
         self._api = capacity.client
         self._metrics = metrics
         self._readiness = readiness
-        self._processor = Processor(settings, capacity, metrics, broker_trouble=self._broker_trouble)
+        self._processor = Processor(settings, capacity, metrics)
         self._inflight: set[asyncio.Task[Any]] = set()
         # Read at scrape time from the tasks tracked for the drain: nothing to update per message.
         metrics.inflight_events.set_function(lambda: len(self._inflight))
         self._lost = asyncio.Event()  # replaced at every session
-
-    def _broker_trouble(self) -> None:
-        """A message could not be settled: end this session; the broker redelivers what is unacked."""
-        self._lost.set()
+        self._credentials_rejected = asyncio.Event()
+        # The first probe's wait; doubles when a key that was accepted is rejected again soon after.
+        self._probe_wait_s = settings.auth_probe_initial_s
+        self._resumed_at: float | None = None
 
     # --- supervision -------------------------------------------------------------------------
 
@@ -82,7 +85,7 @@ class Worker:
             log.info("broker.connected", queues=list(settings.input_queues))
             while True:
                 tags = await self._consume(queues, publisher)
-                woke = await first(stop, lost, self._processor.credentials_rejected)
+                woke = await first(stop, lost, self._credentials_rejected)
                 if woke is lost:
                     raise BrokerLost("connection or channel closed")
                 await self._cancel(queues, tags)
@@ -114,6 +117,7 @@ class Worker:
             exchanges.dead_letter,
             output_routing_key=self._settings.output_routing_key,
             timeout_s=self._settings.publish_timeout_s,
+            requeue=exchanges.requeue,
         )
 
     async def _open_queue(
@@ -149,38 +153,50 @@ class Worker:
 
     async def _wait_for_credentials(self, stop: asyncio.Event, lost: asyncio.Event) -> bool:
         """Paused: probe DialNexa with backoff until the key works. False if stopped or lost first."""
+        settings = self._settings
         self._readiness.pause("dialnexa rejected the API key")
         self._metrics.credentials_valid.set(0)
-        log.error("consumer.paused", reason="credentials_rejected")
-        await self._drain()  # in-flight messages hit the same 401/403 and are given back
-        probe = asyncio.ensure_future(self._probe_until_accepted())
+        rejected_again = (
+            self._resumed_at is not None
+            and time.monotonic() - self._resumed_at < 10 * settings.auth_probe_max_s
+        )
+        wait_s = (
+            min(self._probe_wait_s * 2, settings.auth_probe_max_s)
+            if rejected_again
+            else (settings.auth_probe_initial_s)
+        )
+        self._probe_wait_s = wait_s
+        log.error("consumer.paused", reason="credentials_rejected", first_probe_in_s=round(wait_s, 2))
+        await self._drain()  # in-flight messages hit the same 401/403 and are handed on
+        probe = asyncio.ensure_future(self._probe_until_accepted(wait_s))
         try:
             woke = await first(stop, lost, probe)
         finally:
             probe.cancel()
         if woke is not probe:
             return False
-        self._processor.credentials_rejected.clear()
+        self._credentials_rejected.clear()
+        self._resumed_at = time.monotonic()
         self._metrics.credentials_valid.set(1)
         self._readiness.resume()
         log.info("consumer.resumed", reason="credentials_accepted")
         return True
 
-    async def _probe_until_accepted(self) -> None:
+    async def _probe_until_accepted(self, first_wait_s: float) -> None:
+        """Probe the cancel permission with backoff, from `first_wait_s`, until it is granted."""
         settings = self._settings
+        await asyncio.sleep(first_wait_s)
         async for attempt in stamina.retry_context(
             on=DialNexaError,
             attempts=None,  # paused until the key works; stop or broker loss end the wait
             timeout=None,
-            wait_initial=settings.auth_probe_initial_s,
+            wait_initial=max(first_wait_s, settings.auth_probe_initial_s),
             wait_max=settings.auth_probe_max_s,
             wait_jitter=settings.auth_probe_initial_s,
         ):
             with attempt:
                 try:
                     await self._api.probe(settings.auth_probe_workflow_id)
-                except RejectedError:
-                    return  # any answer but 401/403 means the key is accepted
                 except AuthError:
                     log.warning("credentials.probe_rejected", attempt=attempt.num)
                     raise
@@ -210,9 +226,13 @@ class Worker:
         assert task is not None  # noqa: S101  # always inside a task here
         self._inflight.add(task)
         try:
-            await self._processor.process(message, publisher, queue)
+            outcome = await self._processor.process(message, publisher, queue)
         finally:
             self._inflight.discard(task)
+        if isinstance(outcome, CredentialsRejected):
+            self._credentials_rejected.set()
+        elif isinstance(outcome, Abandon):
+            self._lost.set()  # a message could not be settled: new session, the broker redelivers
 
 
 # --- helpers ---------------------------------------------------------------------------------

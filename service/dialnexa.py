@@ -5,17 +5,9 @@ tests, `httpx` or `httpx-aiohttp` by setting) or aiohttp directly (`service.tran
 measured default); either way the client reads answers as `Answer`s and transport failures as
 httpx's `TransportError`s.
 
-Every answer becomes either a `CancelResult` or one exception of this tree:
-
-    DialNexaError
-    ├── TransportError        timeouts, refused or dropped connections: retryable
-    └── StatusError           an HTTP answer we cannot use as success (has status_code)
-        ├── RateLimitedError  429: retryable no sooner than `retry_after_s`
-        ├── ServerError       500, 502, 503, 504: retryable
-        ├── AuthError         401, 403: our credentials, not the message's fault
-        └── RejectedError     any other status (400, 422, other 4xx, 501, 3xx): permanent
-
-404 on cancel is not an error: it is the final outcome `not_found`.
+Every answer becomes either a `CancelResult` or one exception of the core's tree
+(`service.ports`): `TransportError`, or a `StatusError` (`RateLimitedError`, `ServerError`,
+`AuthError`, `RejectedError`). 404 on cancel is not an error: it is the final outcome `not_found`.
 """
 
 from __future__ import annotations
@@ -33,50 +25,19 @@ import orjson
 from pydantic import SecretStr
 
 from .metrics import Children, Metrics
+from .ports import AuthError as AuthError
+from .ports import CancelOutcome as CancelOutcome
+from .ports import CancelResult as CancelResult
+from .ports import DialNexaError as DialNexaError
+from .ports import RateLimitedError as RateLimitedError
+from .ports import RejectedError as RejectedError
+from .ports import ServerError as ServerError
+from .ports import StatusError as StatusError
+from .ports import TransportError as TransportError
 
-CancelOutcome = Literal["cancelled", "already_terminal", "not_found"]
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
 # A reset value above this is a Unix time, below it a number of seconds (about 11 days).
 _EPOCH_THRESHOLD_S = 1_000_000.0
-
-
-class DialNexaError(Exception):
-    """Base of every error the client raises; `workflow_id` names the call's workflow, if any."""
-
-    workflow_id: str | None = None
-
-
-class TransportError(DialNexaError):
-    """No usable HTTP answer: timeout, refused or dropped connection, unreadable response."""
-
-
-class StatusError(DialNexaError):
-    """DialNexa answered with a status we cannot treat as success."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(f"{status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-
-
-class RateLimitedError(StatusError):
-    """429: wait at least `retry_after_s` (when given) before the next call."""
-
-    def __init__(self, status_code: int, message: str, retry_after_s: float | None) -> None:
-        super().__init__(status_code, message)
-        self.retry_after_s = retry_after_s
-
-
-class ServerError(StatusError):
-    """500, 502, 503, 504: DialNexa had a transient problem."""
-
-
-class AuthError(StatusError):
-    """401 or 403: the API key is missing, wrong, revoked or lacks permission."""
-
-
-class RejectedError(StatusError):
-    """Any other status: retrying the same request will not help."""
 
 
 class Answer(Protocol):
@@ -104,13 +65,6 @@ class RateLimit:
     limit: int | None
     remaining: int | None
     reset_after_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResult:
-    workflow_id: str
-    outcome: CancelOutcome
-    status: str | None = None
 
 
 def parse_reset(value: str | None, now: float) -> float | None:
@@ -321,8 +275,12 @@ class DialNexaClient:
         http: HttpSession,
         metrics: Metrics,
         on_rate_limit: Callable[[RateLimit], None] | None = None,
+        max_wait_s: float = math.inf,
     ) -> None:
         self._http = http
+        # Retry-After and X-RateLimit-Reset are believed up to this long (a proxy's `1e9` or a
+        # date in 2099 must not stop every call for that long): CANCELLER_MAX_RATE_LIMIT_WAIT_S.
+        self._max_wait_s = max_wait_s
         self._requests = Children(metrics.dialnexa_requests)
         self._durations = Children(metrics.dialnexa_request_duration)
         self._on_rate_limit = on_rate_limit
@@ -335,14 +293,22 @@ class DialNexaClient:
             error.workflow_id = workflow_id
             raise
         answer = classify(workflow_id, response, time.time())
+        if isinstance(answer, RateLimitedError) and (answer.retry_after_s or 0.0) > self._max_wait_s:
+            answer.retry_after_s = self._max_wait_s
         if isinstance(answer, StatusError):
             raise answer
         return answer
 
     async def probe(self, workflow_id: str) -> None:
-        """GET workflows/{id}: succeeds when the API key is accepted (200 or 404), else raises."""
-        response = await self._send("get", "GET", f"workflows/{workflow_id}")
-        if response.status_code in (200, 404):
+        """Whether the key may cancel: a cancel of `workflow_id`, an id no workflow has.
+
+        404 (no such workflow, and the key may cancel) or a 2xx / 409 pass; 401 / 403 raise
+        `AuthError`; anything else raises its `StatusError`. A read (GET) would not do: a key can
+        be allowed to read and not to cancel.
+        """
+        response = await self._send("probe", "POST", f"workflows/{workflow_id}/cancel")
+        code = response.status_code
+        if code == 404 or code == 409 or 200 <= code < 300:
             return
         raise status_error(response, time.time())
 
@@ -355,7 +321,10 @@ class DialNexaClient:
             raise TransportError(f"{type(error).__name__}: {error}"[:200]) from error
         self._observe(operation, str(response.status_code), started)
         if self._on_rate_limit is not None:
-            self._on_rate_limit(parse_rate_limit(response.headers, time.time()))
+            info = parse_rate_limit(response.headers, time.time())
+            if info.reset_after_s is not None and info.reset_after_s > self._max_wait_s:
+                info = RateLimit(info.limit, info.remaining, self._max_wait_s)
+            self._on_rate_limit(info)
         return response
 
     def _observe(self, operation: str, status: str, started: float) -> None:

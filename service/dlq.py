@@ -5,6 +5,8 @@ AMQP has no way to read a queue without taking from it, so every operation takes
 `nack(requeue)` at the end: if the command dies, the broker gives back everything still unacked.
 A replay republishes a message to its input queue and waits for the broker's confirm before it
 acks (removes) the dead-lettered copy, so an interruption can leave a duplicate, never a loss.
+A message the worker dead-lettered naming the workflows that failed (`x-canceller-failed`) is
+replayed for those workflows only: the others were settled, and are not called again.
 
 Only a summary of each message is kept and shown: reason, error, attempts, event id and type,
 age. Bodies are never printed, and digit runs that look like phone numbers are masked.
@@ -30,12 +32,16 @@ from .retries import (
     HEADER_DEAD_LETTERED,
     HEADER_DONE,
     HEADER_ERROR,
+    HEADER_FAILED,
     HEADER_FIRST_SEEN,
+    HEADER_NOT_BEFORE,
     HEADER_QUEUE,
     HEADER_REASON,
     HEADER_REPLAYED_AT,
     HEADER_REPLAYS,
     HEADER_SOURCE_QUEUE,
+    decode_done,
+    encode_done,
     header_int,
 )
 
@@ -49,7 +55,9 @@ _STALE_HEADERS = frozenset(
         HEADER_ERROR,
         HEADER_ATTEMPTS,
         HEADER_DONE,
+        HEADER_FAILED,
         HEADER_FIRST_SEEN,
+        HEADER_NOT_BEFORE,
         HEADER_QUEUE,
         HEADER_SOURCE_QUEUE,
         HEADER_DEAD_LETTERED,
@@ -86,6 +94,10 @@ class Letter:
     source_queue: str | None
     dead_lettered_at: datetime | None
     replays: int
+    # The workflows that failed, when the worker named them: a replay calls only these.
+    failed_workflows: tuple[str, ...] | None = None
+    settled: frozenset[int] = frozenset()
+    total: int = 0
 
     def age_s(self, now: datetime) -> float | None:
         """Seconds since it was dead-lettered, when known."""
@@ -96,6 +108,10 @@ class Letter:
     def as_dict(self, now: datetime) -> dict[str, Any]:
         """The summary as plain JSON-able values."""
         data = asdict(self)
+        del data["settled"], data["total"]
+        if self.failed_workflows is not None:
+            data["failed_workflows"] = list(self.failed_workflows[:20])
+            data["failed"] = len(self.failed_workflows)
         data["dead_lettered_at"] = self.dead_lettered_at.isoformat() if self.dead_lettered_at else None
         data["age_s"] = None if (age := self.age_s(now)) is None else round(age, 1)
         return data
@@ -136,7 +152,8 @@ def read_letter(message: AbstractIncomingMessage) -> Letter:
         reason = (
             "delivery-limit" if _text(death.get("reason")) == "delivery_limit" else _text(death.get("reason"))
         )
-    event_id, event_type = _envelope(message.body)
+    event_id, event_type, workflow_ids = _envelope(message.body)
+    failed_workflows, settled = _failures(headers, reason, workflow_ids)
     source = _text(headers.get(HEADER_SOURCE_QUEUE)) or (_text(death.get("queue")) if death else "")
     return Letter(
         reason=mask(reason, 32) or UNKNOWN,
@@ -147,7 +164,25 @@ def read_letter(message: AbstractIncomingMessage) -> Letter:
         source_queue=mask(source, 255) or None,
         dead_lettered_at=_dead_lettered_at(headers, death, message),
         replays=header_int(headers.get(HEADER_REPLAYS)) or 0,
+        failed_workflows=failed_workflows,
+        settled=settled,
+        total=len(workflow_ids),
     )
+
+
+def _failures(
+    headers: Mapping[str, Any], reason: str, workflow_ids: list[str]
+) -> tuple[tuple[str, ...] | None, frozenset[int]]:
+    """Which workflows failed and which were settled, from the worker's own DLQ copy (it carries
+    its dead-letter time and a reason it writes); nothing for any other message."""
+    if reason not in ("permanent", "exhausted") or HEADER_DEAD_LETTERED not in headers:
+        return None, frozenset()
+    total = len(workflow_ids)
+    failed = decode_done(headers.get(HEADER_FAILED), total)
+    if not failed:
+        return None, frozenset()
+    settled = decode_done(headers.get(HEADER_DONE), total) - failed
+    return tuple(mask(workflow_ids[i], 128) for i in sorted(failed)), settled
 
 
 def _first_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -174,18 +209,23 @@ def _dead_lettered_at(
     return None
 
 
-def _envelope(body: bytes) -> tuple[str | None, str | None]:
-    """The CloudEvent `id` and `type`, when the body is a JSON object that has them as strings."""
+def _envelope(body: bytes) -> tuple[str | None, str | None, list[str]]:
+    """The CloudEvent `id` and `type`, when the body is a JSON object that has them as strings,
+    and the workflow ids its data names (empty when it names none as a list of strings)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, None, []
     if not isinstance(document, dict):
-        return None, None
+        return None, None, []
     event_id, event_type = document.get("id"), document.get("type")
+    data = document.get("data")
+    ids = data.get("workflow_ids") if isinstance(data, dict) else None
+    workflow_ids = ids if isinstance(ids, list) and all(isinstance(i, str) for i in ids) else []
     return (
         event_id if isinstance(event_id, str) else None,
         event_type if isinstance(event_type, str) and len(event_type) <= 64 else None,
+        workflow_ids,
     )
 
 
@@ -354,6 +394,16 @@ class DeadLetters:
             HEADER_REPLAYED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
             HEADER_REPLAYS: letter.replays + 1,
         }
+        if letter.failed_workflows and letter.settled:
+            # Only the failed workflows: the copy goes through the requeue exchange (the one way
+            # the worker trusts what a message says is already settled) with the rest marked done.
+            audit[HEADER_QUEUE] = target
+            audit[HEADER_ATTEMPTS] = 0
+            audit[HEADER_DONE] = encode_done(letter.settled, letter.total)
+            copy = copy_message(message, audit, drop=_STALE_HEADERS)
+            requeue = await self._channel.get_exchange(self._settings.requeue_exchange, ensure=False)
+            await requeue.publish(copy, "", mandatory=True, timeout=self._settings.publish_timeout_s)
+            return
         copy = copy_message(message, audit, drop=_STALE_HEADERS)
         await self._channel.default_exchange.publish(
             copy, target, mandatory=True, timeout=self._settings.publish_timeout_s

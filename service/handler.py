@@ -1,83 +1,129 @@
 """The pure core: what to do with one parsed event, and what its message deserves afterwards.
 
-`handle(event, api, emit, ...)` cancels every workflow the event names (skipping those a previous
-attempt already confirmed), hands each confirmed result to `emit` (which publishes it), and returns
-an `Outcome`. It knows nothing of the broker, of metrics or of logging: the consumer turns the
-outcome into ack / retry / dead-letter / requeue in exactly one place.
+`handle(event, api, emit, ...)` cancels the workflows the event names that earlier deliveries did
+not settle, hands each confirmed result to `emit` (which publishes it), and returns an `Outcome`.
+It knows nothing of the broker, of metrics or of logging: `processing.Processor.settle` turns the
+outcome into exactly one broker action.
+
+Time is part of the decision. A delivery may be held only so long (RabbitMQ's consumer timeout):
+no call starts after `start_by`, and what is left is handed on to a continuation of the message
+that carries what is already done. How many workflows start at all is asked of `admission`, which
+follows the pace the API allows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import stamina
 
-from .dialnexa import (
+from .events import InboundEvent
+from .ports import (
+    UNLIMITED,
+    Admission,
     AuthError,
+    CancelApi,
     CancelResult,
     DialNexaError,
+    NotStarted,
+    PublishRefused,
     RateLimitedError,
     RejectedError,
     ServerError,
     TransportError,
 )
-from .events import InboundEvent
-
-
-class CancelApi(Protocol):
-    async def cancel(self, workflow_id: str) -> CancelResult: ...
-
 
 Emit = Callable[[CancelResult], Awaitable[None]]
-
-
-class PublishRefused(Exception):
-    """`emit` could not get the outbound event accepted (e.g. unroutable): retry like a 5xx."""
-
-
 DeadLetterReason = Literal["invalid", "permanent", "exhausted"]
+HandOffReason = Literal["hold_limit", "not_due"]
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """What a copy of the message carries to its next delivery: which workflows (by index) are
+    settled, and which failed for good (to be named when the message is dead-lettered)."""
+
+    total: int
+    done: frozenset[int] = frozenset()
+    failed: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class Completed:
     """Every workflow is settled: ack the message."""
 
-    results: tuple[CancelResult, ...]
+    results: tuple[CancelResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class RetryLater:
-    """Transient failures remain: redeliver through the broker after `delay_s`."""
+    """Transient failures remain: a copy waits `delay_s` in a delay queue (one more attempt)."""
 
     delay_s: float
-    done: frozenset[int]
+    carry: Carry
     error: str
-    total: int
+    results: tuple[CancelResult, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """Not finished in time (or not due yet): a continuation copy with the same attempt number
+    goes back to the input queue (after `delay_s`, when not due yet), then the ack."""
+
+    carry: Carry
+    reason: HandOffReason
+    results: tuple[CancelResult, ...] = ()
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsRejected:
+    """DialNexa rejected our key: a continuation copy goes back, and the worker pauses intake."""
+
+    carry: Carry
+    error: str
     results: tuple[CancelResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """Send the message to the DLQ with a reason; never retried by the service."""
+    """Send a copy to the DLQ with a reason and the workflows that failed; never retried here."""
 
     reason: DeadLetterReason
     error: str
     results: tuple[CancelResult, ...] = ()
-    failed: int = 0
+    carry: Carry | None = None  # None for a message that could not be read at all
+
+    @property
+    def failed(self) -> int:
+        return len(self.carry.failed) if self.carry else 0
 
 
 @dataclass(frozen=True, slots=True)
-class CredentialsRejected:
-    """DialNexa rejected our key: give the message back and pause consumption."""
+class Requeue:
+    """Give the delivery back to its queue (`nack`, requeue) after `after_s`: the broker refused
+    the copy this message needed, so try the whole message again later."""
 
     error: str
+    after_s: float = 0.0
     results: tuple[CancelResult, ...] = ()
 
 
-Outcome = Completed | RetryLater | DeadLetter | CredentialsRejected
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """Leave the delivery unacked: the channel is gone or closing, and the broker returns it."""
+
+    reason: str
+    results: tuple[CancelResult, ...] = ()
+
+
+Outcome = Completed | RetryLater | HandOff | CredentialsRejected | DeadLetter | Requeue | Abandon
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,31 +147,56 @@ class RetryPolicy:
         return isinstance(error, ServerError | TransportError)
 
     def broker_delay(self, attempt: int, retry_after_s: float | None) -> float | None:
-        """Delay before broker attempt `attempt + 1`, or None when attempts are exhausted."""
+        """Delay before broker attempt `attempt + 1`, or None when attempts are exhausted.
+
+        A Retry-After longer than the configured delay wins, however long (the client has already
+        capped what it believes)."""
         if attempt > len(self.broker_delays_s):
             return None
         delay = self.broker_delays_s[attempt - 1]
         return max(delay, retry_after_s or 0.0)
 
 
+def not_due(not_before_ms: int | None, now_ms: int, carry: Carry) -> HandOff | None:
+    """A copy back from a delay queue before its time (a wait longer than the longest delay
+    queue): park it again for the rest, without counting an attempt."""
+    if not_before_ms is None or not_before_ms <= now_ms + 100:
+        return None
+    return HandOff(carry, "not_due", delay_s=(not_before_ms - now_ms) / 1000)
+
+
+def internal_error(error: BaseException, policy: RetryPolicy, attempt: int, carry: Carry) -> Outcome:
+    """A bug while handling a message: retry it through the broker, then dead-letter it."""
+    text = f"internal error: {type(error).__name__}"
+    delay = policy.broker_delay(attempt, None)
+    if delay is None:
+        pending = frozenset(range(carry.total)) - carry.done
+        return DeadLetter("exhausted", text, carry=Carry(carry.total, carry.done, pending))
+    return RetryLater(delay, carry, text)
+
+
 @dataclass(slots=True)
 class _Tally:
     results: list[CancelResult] = field(default_factory=list)
     done: set[int] = field(default_factory=set)
-    transient: list[DialNexaError | PublishRefused] = field(default_factory=list)
-    permanent: list[DialNexaError] = field(default_factory=list)
+    unstarted: list[int] = field(default_factory=list)
+    transient: dict[int, DialNexaError | PublishRefused] = field(default_factory=dict)
+    permanent: dict[int, DialNexaError] = field(default_factory=dict)
     auth: list[AuthError] = field(default_factory=list)
 
 
-async def cancel_one(api: CancelApi, workflow_id: str, policy: RetryPolicy) -> CancelResult:
+async def cancel_one(
+    api: CancelApi, workflow_id: str, policy: RetryPolicy, start_by: float = math.inf
+) -> CancelResult:
     """One workflow's cancel call with quick in-process retries (attempts and time both capped).
 
     The first attempt runs bare: building stamina's retry state costs more than a fast call, and
     most calls succeed. A retryable first failure is replayed as stamina's first attempt, so its
     backoff (Retry-After included), caps and hooks apply exactly as if stamina had made the call.
+    A retry that cannot start before `start_by` raises `NotStarted` (never retried).
     """
     try:
-        return await api.cancel(workflow_id)
+        return await api.cancel(workflow_id, start_by)
     except DialNexaError as error:
         if policy.call_attempts <= 1 or policy.backoff_hook(error) is False:
             raise
@@ -141,7 +212,7 @@ async def cancel_one(api: CancelApi, workflow_id: str, policy: RetryPolicy) -> C
         with attempt:
             if first_failure:
                 raise first_failure.pop()
-            return await api.cancel(workflow_id)
+            return await api.cancel(workflow_id, start_by)
     raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
 
@@ -153,59 +224,88 @@ async def handle(
     policy: RetryPolicy,
     attempt: int = 1,
     done: Collection[int] = frozenset(),
+    failed: Collection[int] = frozenset(),
     parallel: int = 8,
+    start_by: float = math.inf,
+    admission: Admission = UNLIMITED,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
-    """Cancel the event's workflows not in `done` (by index) and decide the message's fate."""
+    """Cancel the event's workflows not in `done` or `failed` (by index), starting none after
+    `start_by` and no more than `admission` grants, and decide the message's fate."""
     ids: Sequence[str] = event.data.workflow_ids
-    pending = iter([i for i in range(len(ids)) if i not in done])
+    total = len(ids)
+    earlier_failed = frozenset(failed)
+    pending = deque(i for i in range(total) if i not in done and i not in earlier_failed)
     tally = _Tally(done=set(done))
 
-    async def worker() -> None:
-        for index in pending:
-            if tally.auth:
-                return  # the key is rejected: every further call would be too
-            try:
-                result = await cancel_one(api, ids[index], policy)
-            except AuthError as error:
-                tally.auth.append(error)
-                return
-            except RejectedError as error:
-                tally.permanent.append(error)
-                continue
-            except (RateLimitedError, ServerError, TransportError) as error:
-                tally.transient.append(error)
-                continue
-            if result.outcome != "not_found":
-                try:
-                    await emit(result)
-                except PublishRefused as error:
-                    tally.transient.append(error)
-                    continue
+    async def one(index: int) -> None:
+        try:
+            if tally.auth or clock() >= start_by:
+                raise NotStarted("the delivery's time is up")
+            result = await cancel_one(api, ids[index], policy, start_by)
+            if result.outcome != "not_found":  # a missing workflow has nothing to announce
+                await emit(result)
+        except NotStarted:
+            tally.unstarted.append(index)
+        except AuthError as error:
+            tally.auth.append(error)
+            tally.unstarted.append(index)
+        except RejectedError as error:
+            tally.permanent[index] = error
+        except (RateLimitedError, ServerError, TransportError, PublishRefused) as error:
+            tally.transient[index] = error
+        else:
             tally.results.append(result)
             tally.done.add(index)
+        finally:
+            admission.give(1)
 
-    workers = max(1, min(parallel, len(ids) - len(done)))
-    if workers == 1:
-        await worker()  # most events name one workflow: no task group needed
-    else:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(worker())
+    async def drain(batch: deque[int]) -> None:
+        while batch:
+            await one(batch.popleft())
 
+    while pending and not tally.auth and clock() < start_by:
+        granted = min(await admission.take(len(pending), start_by), len(pending))
+        if granted <= 0:
+            break
+        batch = deque(pending.popleft() for _ in range(granted))
+        workers = max(1, min(parallel, granted))
+        if workers == 1:
+            await drain(batch)  # most events name one workflow: no task group needed
+        else:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(drain(batch))
+    tally.unstarted.extend(pending)
+    return _decide(tally, total, earlier_failed, policy, attempt)
+
+
+def _decide(
+    tally: _Tally, total: int, earlier_failed: frozenset[int], policy: RetryPolicy, attempt: int
+) -> Outcome:
+    """The message's fate from what happened to each of its workflows."""
     results = tuple(tally.results)
+    failed = earlier_failed | frozenset(tally.permanent)
+    carry = Carry(total, frozenset(tally.done), failed)
     if tally.auth:
-        return CredentialsRejected(error=_describe(tally.auth), results=results)
-    if tally.permanent:
-        return DeadLetter("permanent", _describe(tally.permanent), results, len(tally.permanent))
+        return CredentialsRejected(carry, _describe(list(tally.auth)), results)
     if tally.transient:
         retry_after = max(
-            (e.retry_after_s or 0.0 for e in tally.transient if isinstance(e, RateLimitedError)),
+            (e.retry_after_s or 0.0 for e in tally.transient.values() if isinstance(e, RateLimitedError)),
             default=None,
         )
         delay = policy.broker_delay(attempt, retry_after)
+        errors = list(tally.transient.values())
         if delay is None:
-            return DeadLetter("exhausted", _describe(tally.transient), results, len(tally.transient))
-        return RetryLater(delay, frozenset(tally.done), _describe(tally.transient), len(ids), results)
+            unsettled = frozenset(range(total)) - carry.done
+            return DeadLetter("exhausted", _describe(errors), results, Carry(total, carry.done, unsettled))
+        return RetryLater(delay, carry, _describe(errors), results)
+    if tally.unstarted:
+        return HandOff(carry, "hold_limit", results)
+    if failed:
+        errors = list(tally.permanent.values())
+        text = _describe(errors) if errors else f"{len(failed)} workflow(s) failed on an earlier attempt"
+        return DeadLetter("permanent", text, results, carry)
     return Completed(results)
 
 

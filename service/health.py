@@ -2,13 +2,14 @@
 
 Readiness is not "a connection object exists": the consumer marks each input queue consuming or
 not as the broker confirms `basic.consume` and as channels close, and marks the whole worker
-paused while DialNexa rejects our credentials. `/readyz` is 200 only when every queue is consumed
-and nothing is paused.
+paused while DialNexa rejects our credentials; `held_back` (read at every look) says when
+DialNexa has asked for a long wait (a 429 with a long Retry-After). `/readyz` is 200 only when
+every queue is consumed and nothing is paused or held back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -19,15 +20,21 @@ from .metrics import Metrics
 class Readiness:
     """Which input queues have an active consumer, and why the worker is paused, if it is."""
 
-    def __init__(self, queues: Iterable[str], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        queues: Iterable[str],
+        metrics: Metrics,
+        held_back: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._consuming = dict.fromkeys(queues, False)
         self._paused: str | None = None
+        self._held_back = held_back
         self._metrics = metrics
-        self._publish()
+        metrics.ready.set_function(lambda: 1 if self.ready else 0)
 
     @property
     def ready(self) -> bool:
-        return self._paused is None and all(self._consuming.values())
+        return self._paused is None and self._held_back() is None and all(self._consuming.values())
 
     def consuming(self, queue: str, active: bool) -> None:
         self._consuming[queue] = active
@@ -48,10 +55,11 @@ class Readiness:
         self._publish()
 
     def describe(self) -> dict[str, object]:
-        return {"ready": self.ready, "paused": self._paused, "consuming": dict(self._consuming)}
+        paused = self._paused or self._held_back()
+        return {"ready": self.ready, "paused": paused, "consuming": dict(self._consuming)}
 
     def _publish(self) -> None:
-        self._metrics.ready.set(1 if self.ready else 0)
+        """The ready gauge is read at scrape time; nothing to update."""
 
 
 def build_app(readiness: Readiness, registry: CollectorRegistry) -> web.Application:

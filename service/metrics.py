@@ -68,6 +68,11 @@ class Metrics:
     rate_limit_remaining: Gauge
     terminal_cache_hits: Counter
     asyncio_tasks: Gauge
+    handed_off: Counter
+    copies_refused: Counter
+    rate_limit_pause: Gauge
+    admitted_workflows: Gauge
+    delivery_hold_max: Gauge
 
     @classmethod
     def build(cls, registry: CollectorRegistry) -> Metrics:
@@ -187,6 +192,37 @@ class Metrics:
                 registry=registry,
             ),
             asyncio_tasks=_task_gauge(registry),
+            handed_off=Counter(
+                "canceller_handed_off_total",
+                "Deliveries acked after a continuation copy took over their unfinished workflows,"
+                " by reason (hold_limit, not_due, credentials_rejected). Counted as `retried` in"
+                " canceller_events_processed_total.",
+                ["event_type", "reason"],
+                registry=registry,
+            ),
+            copies_refused=Counter(
+                "canceller_copies_refused_total",
+                "Retry, continuation or DLQ copies the broker refused (unroutable or nacked); the"
+                " message is given back after a growing delay.",
+                ["kind"],
+                registry=registry,
+            ),
+            rate_limit_pause=Gauge(
+                "canceller_rate_limit_pause_seconds",
+                "Seconds until DialNexa calls may start again after a 429 (0 when not paused).",
+                registry=registry,
+            ),
+            admitted_workflows=Gauge(
+                "canceller_admitted_workflows",
+                "Campaign workflows admitted and not yet finished (admission follows the pace).",
+                registry=registry,
+            ),
+            delivery_hold_max=Gauge(
+                "canceller_delivery_hold_max_seconds",
+                "The longest any delivery was held unacked since the process started"
+                " (stays below CANCELLER_MAX_HOLD_S).",
+                registry=registry,
+            ),
         )
 
 

@@ -332,19 +332,22 @@ async def check(settings: Settings) -> list[tuple[bool, str, str]]:
 
 
 async def _check_dialnexa(settings: Settings) -> tuple[bool, str, str]:
-    """One authenticated read (GET workflows/<probe id>): 200 or 404 means the key is accepted."""
+    """One cancel of the probe id, which no workflow has: 404 means the key may cancel; a key
+    that may only read fails here (401/403), as it would on every real cancel."""
     base = str(settings.dialnexa_base_url)
     http = app.http_session(settings, connections=1)
     client = DialNexaClient(http, Metrics.build(CollectorRegistry()))
     try:
         await client.probe(settings.auth_probe_workflow_id)
     except AuthError as error:
+        if error.status_code == 403:
+            return False, "dialnexa", f"{base} does not let the API key cancel workflows (403)"
         return False, "dialnexa", f"{base} rejected the API key ({error.status_code})"
     except DialNexaError as error:
         return False, "dialnexa", f"{base}: {_describe(error, settings)}"
     finally:
         await http.aclose()
-    return True, "dialnexa", f"{base} accepted the API key"
+    return True, "dialnexa", f"{base} accepted the API key for cancelling"
 
 
 # --- shared ---------------------------------------------------------------------------------------

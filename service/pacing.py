@@ -21,11 +21,13 @@ here changes on every answer, so this small scheduler replaces it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from .dialnexa import RateLimit
+from .ports import NotStarted
 
 Lane = Literal["complaint", "campaign"]
 LANES: tuple[Lane, ...] = ("complaint", "campaign")
@@ -114,8 +116,24 @@ class Pacer:
         rate = max(self.remaining - self.reserve, 0.0) / left_s
         return min(rate, 1.0 / self._min_gap_s) if self._min_gap_s else rate
 
-    async def acquire(self, lane: Lane) -> float:
-        """Wait until a call of `lane` may start and account for it; returns the seconds waited."""
+    def sustained_rps(self) -> float | None:
+        """The campaign lane's long-run pace: the window's budget less the complaint reserve, over
+        the window (None while neither headers nor a static cap say)."""
+        rates = []
+        if self.limit is not None and self._window_s:
+            rates.append(max(self.limit - self.reserve, 1.0) / self._window_s)
+        if self._min_gap_s:
+            rates.append(1.0 / self._min_gap_s)
+        return min(rates) if rates else None
+
+    def blocked_for(self) -> float:
+        """Seconds until calls may start again after a 429 (0 when not blocked)."""
+        return max(0.0, self._blocked_until - self._clock())
+
+    async def acquire(self, lane: Lane, start_by: float = math.inf) -> float:
+        """Wait until a call of `lane` may start and account for it; returns the seconds waited.
+
+        Raises `NotStarted` at once when the call could not start before `start_by`."""
         started = self._clock()
         while True:
             now = self._clock()
@@ -123,6 +141,8 @@ class Pacer:
             if delay <= 0:
                 self._take(lane, now)
                 return now - started
+            if now + delay > start_by:
+                raise NotStarted(f"the {lane} lane's next call is {delay:.1f} s away")
             await self._sleep(min(delay, _MAX_NAP_S))
 
     def _roll(self, now: float) -> None:

@@ -1,7 +1,8 @@
 """Outbound messages: persistent, `mandatory`, and confirmed by the broker before we go on.
 
-Three kinds leave the service: `workflow-cancelled` events, copies of an input message parked in a
-delay queue for a later attempt, and copies sent to the dead-letter queue. Each `await` returns
+Four kinds leave the service: `workflow-cancelled` events, copies of an input message parked in a
+delay queue for a later attempt, continuation copies sent straight back to the input queue, and
+copies sent to the dead-letter queue. Each `await` returns
 only once the broker has confirmed the message, so the input message can be acked after it.
 """
 
@@ -17,7 +18,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from .events import WORKFLOW_CANCELLED
-from .handler import PublishRefused
+from .ports import PublishRefused
 
 HeaderValue = str | int
 CLOUDEVENTS_JSON = "application/cloudevents+json"
@@ -34,10 +35,12 @@ class Publisher:
         *,
         output_routing_key: str,
         timeout_s: float,
+        requeue: AbstractExchange | None = None,
     ) -> None:
         self._channel = channel
         self._output = output
         self._dead_letter = dead_letter
+        self._requeue = requeue
         self._output_routing_key = output_routing_key
         self._timeout_s = timeout_s
 
@@ -66,10 +69,21 @@ class Publisher:
             )
 
     async def to_delay_queue(
-        self, original: AbstractIncomingMessage, queue: str, headers: dict[str, HeaderValue]
+        self,
+        original: AbstractIncomingMessage,
+        queue: str,
+        headers: dict[str, HeaderValue],
+        drop: tuple[str, ...] = (),
     ) -> None:
         """Park a copy of `original` in a delay queue (through the default exchange)."""
-        await self._confirmed(self._channel.default_exchange, copy_message(original, headers), queue)
+        await self._confirmed(self._channel.default_exchange, copy_message(original, headers, drop), queue)
+
+    async def to_input(self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue]) -> None:
+        """A continuation copy of `original`, straight back to the input queue its headers name
+        (through the requeue exchange, so the state it carries is trusted)."""
+        if self._requeue is None:
+            raise PublishRefused("no requeue exchange on this publisher")
+        await self._confirmed(self._requeue, copy_message(original, headers), "")
 
     async def to_dead_letter(
         self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
@@ -109,7 +123,8 @@ def _encodable(value: Any) -> Any:
 def copy_message(
     original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: Collection[str] = ()
 ) -> aio_pika.Message:
-    """The same body and properties, persistent, with `headers` merged over the original ones."""
+    """The same body and properties, persistent, with `headers` merged over the original ones
+    (and without those in `drop`, or whose new value is None)."""
     merged = {k: _encodable(v) for k, v in (original.headers or {}).items() if k not in drop}
     merged.update(headers)
     return aio_pika.Message(

@@ -5,6 +5,7 @@
     input queue --(delivery limit)--> workflow-canceller.dead-letter (fanout) --> workflow-canceller.dlq
     worker --(retry copy, via default exchange)--> workflow-canceller.delay.<ms>ms (quorum, message TTL)
     delay queue --(TTL)--> workflow-canceller.requeue (headers, canceller-return-queue) --> input queue
+    worker --(continuation copy)--> workflow-canceller.requeue --> input queue
     worker --workflow-cancelled--> workflow.events (topic)
 
 Works on RabbitMQ 3.10 and later: quorum queues with message TTL and at-least-once dead-lettering
@@ -35,6 +36,7 @@ DLQ_DELIVERY_LIMIT = 1_000_000
 class Exchanges:
     output: AbstractExchange
     dead_letter: AbstractExchange
+    requeue: AbstractExchange
 
 
 def _dead_letters_to(exchange: str) -> FieldTable:
@@ -50,11 +52,12 @@ def delay_steps_s(settings: Settings) -> tuple[float, ...]:
     return tuple(sorted(set(settings.retry_delays)))
 
 
-def delay_queue_for(settings: Settings, delay_s: float) -> str:
-    """The shortest delay queue that waits at least `delay_s` (else the longest there is)."""
+def delay_queue_for(settings: Settings, delay_s: float) -> tuple[str, bool]:
+    """The shortest delay queue that waits at least `delay_s`, and whether it waits long enough:
+    when even the longest is shorter, the copy is parked there and parked again until it is due."""
     steps = delay_steps_s(settings)
     chosen = next((step for step in steps if step >= delay_s), steps[-1])
-    return settings.delay_queue_name(chosen)
+    return settings.delay_queue_name(chosen), chosen >= delay_s
 
 
 async def declare(channel: AbstractChannel, settings: Settings) -> Exchanges:
@@ -99,4 +102,4 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Exchanges:
             },
             durable=True,
         )
-    return Exchanges(output=output, dead_letter=dead_letter)
+    return Exchanges(output=output, dead_letter=dead_letter, requeue=requeue)

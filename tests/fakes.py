@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
@@ -20,7 +21,7 @@ class FakeApi:
     def script(self, workflow_id: str, answers: Iterable[Answer]) -> None:
         self.scripts[workflow_id].extend(answers)
 
-    async def cancel(self, workflow_id: str) -> CancelResult:
+    async def cancel(self, workflow_id: str, start_by: float = math.inf) -> CancelResult:
         self.calls.append(workflow_id)
         queue = self.scripts.get(workflow_id)
         answer: Answer = queue.popleft() if queue else CancelResult(workflow_id, "cancelled", "cancelled")

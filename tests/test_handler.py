@@ -15,14 +15,19 @@ from service.dialnexa import (
 )
 from service.events import CampaignEnded
 from service.handler import (
+    Carry,
     Completed,
     CredentialsRejected,
     DeadLetter,
+    HandOff,
     PublishRefused,
     RetryLater,
     RetryPolicy,
     handle,
+    internal_error,
+    not_due,
 )
+from service.ports import NotStarted
 from tests.fakes import FakeApi, Sink
 from tests.support import campaign
 
@@ -81,8 +86,8 @@ async def test_persistent_transient_error_asks_for_broker_retry() -> None:
     outcome = await handle(event("a", "b", "c"), api, sink, policy=POLICY)
     assert isinstance(outcome, RetryLater)
     assert outcome.delay_s == 1.0
-    assert outcome.done == {0, 2}
-    assert outcome.total == 3
+    assert outcome.carry.done == {0, 2}
+    assert outcome.carry.total == 3
     assert "502" in outcome.error
 
 
@@ -121,6 +126,7 @@ async def test_other_4xx_is_permanent(status: int) -> None:
     outcome = await handle(event("a", "b"), api, sink, policy=POLICY)
     assert isinstance(outcome, DeadLetter)
     assert outcome.reason == "permanent"
+    assert outcome.carry == Carry(2, frozenset({1}), frozenset({0}))
     assert api.calls.count("a") == 1
     assert [r.workflow_id for r in sink.emitted] == ["b"]
 
@@ -133,6 +139,108 @@ async def test_auth_failure_stops_calls_and_rejects_credentials(status: int) -> 
     outcome = await handle(event("a", "b", "c"), api, sink, policy=POLICY, parallel=1)
     assert isinstance(outcome, CredentialsRejected)
     assert api.calls == ["a"]
+    assert outcome.carry.done == frozenset()  # b and c are handed on, not lost
+
+
+async def test_one_permanent_failure_does_not_stop_the_others_retrying() -> None:
+    """A 422 on one workflow and a 503 on another: the 503 is retried through the broker and the
+    422 is carried as failed, not dead-lettered with the rest."""
+    api, sink = FakeApi(), Sink()
+    api.script("a", [RejectedError(422, "no")])
+    api.script("b", [ServerError(503, "busy")] * 3)
+    outcome = await handle(event("a", "b", "c"), api, sink, policy=POLICY)
+    assert isinstance(outcome, RetryLater)
+    assert (outcome.carry.done, outcome.carry.failed) == ({2}, {0})
+    retried = await handle(
+        event("a", "b", "c"),
+        api,
+        sink,
+        policy=POLICY,
+        attempt=2,
+        done=outcome.carry.done,
+        failed=outcome.carry.failed,
+    )
+    assert isinstance(retried, DeadLetter)
+    assert (retried.reason, retried.carry) == ("permanent", Carry(3, frozenset({1, 2}), frozenset({0})))
+    assert api.calls.count("a") == 1
+    assert sorted(r.workflow_id for r in sink.emitted) == ["b", "c"]
+
+
+async def test_no_call_starts_after_the_deadline() -> None:
+    """Past `start_by` nothing is called: the rest is handed on with what is done."""
+    api, now = FakeApi(), [0.0]
+
+    async def emit_then_time_passes(_result: CancelResult) -> None:
+        now[0] = 10.0
+
+    outcome = await handle(
+        event("a", "b", "c"),
+        api,
+        emit_then_time_passes,
+        policy=POLICY,
+        parallel=1,
+        start_by=5.0,
+        clock=lambda: now[0],
+    )
+    assert isinstance(outcome, HandOff)
+    assert outcome.reason == "hold_limit"
+    assert outcome.carry.done == {0}
+    assert api.calls == ["a"]
+
+
+async def test_a_call_that_cannot_start_in_time_is_handed_on() -> None:
+    """The API port's `NotStarted` leaves the workflow for the continuation; it is not a failure."""
+    api, sink = FakeApi(), Sink()
+    api.script("b", [NotStarted("pacer")])
+    outcome = await handle(event("a", "b"), api, sink, policy=POLICY, parallel=1)
+    assert isinstance(outcome, HandOff)
+    assert (outcome.carry.done, outcome.carry.failed) == ({0}, frozenset())
+
+
+class Grants:
+    """An admission that grants a fixed number per take, and counts what is given back."""
+
+    def __init__(self, *grants: int) -> None:
+        self.grants = list(grants)
+        self.given = 0
+
+    async def take(self, want: int, start_by: float) -> int:
+        return min(want, self.grants.pop(0)) if self.grants else 0
+
+    def give(self, count: int) -> None:
+        self.given += count
+
+
+async def test_admission_decides_how_many_start() -> None:
+    """Only what admission grants starts; the rest is handed on, and every grant is given back."""
+    api, sink = FakeApi(), Sink()
+    admission = Grants(2, 1)
+    outcome = await handle(event("a", "b", "c", "d", "e"), api, sink, policy=POLICY, admission=admission)
+    assert isinstance(outcome, HandOff)
+    assert outcome.carry.done == {0, 1, 2}
+    assert api.calls == ["a", "b", "c"]
+    assert admission.given == 3
+
+
+def test_a_copy_back_before_its_time_is_parked_again() -> None:
+    """`not_due`: early by more than 100 ms, parked for the rest; otherwise it runs."""
+    carry = Carry(1)
+    parked = not_due(10_000, 4_000, carry)
+    assert isinstance(parked, HandOff)
+    assert (parked.reason, parked.delay_s) == ("not_due", 6.0)
+    assert not_due(10_000, 9_950, carry) is None
+    assert not_due(None, 0, carry) is None
+
+
+def test_an_internal_error_retries_then_dead_letters_the_unsettled() -> None:
+    """A bug is retried through the broker, then dead-lettered naming what was not settled."""
+    carry = Carry(3, frozenset({1}))
+    retry = internal_error(KeyError("x"), POLICY, 1, carry)
+    assert isinstance(retry, RetryLater)
+    assert retry.carry == carry
+    last = internal_error(KeyError("x"), POLICY, 3, carry)
+    assert isinstance(last, DeadLetter)
+    assert (last.reason, last.carry) == ("exhausted", Carry(3, frozenset({1}), frozenset({0, 2})))
 
 
 async def test_refused_publish_is_transient() -> None:
@@ -144,7 +252,7 @@ async def test_refused_publish_is_transient() -> None:
 
     outcome = await handle(event("a"), api, refuse, policy=POLICY)
     assert isinstance(outcome, RetryLater)
-    assert outcome.done == frozenset()
+    assert outcome.carry.done == frozenset()
 
 
 def test_policy_backoff_hook() -> None:

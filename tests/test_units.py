@@ -85,12 +85,12 @@ def test_done_header_round_trip() -> None:
 
 
 def test_delay_queue_choice() -> None:
-    """The shortest delay queue that waits long enough, else the longest."""
+    """The shortest delay queue that waits long enough, else the longest, saying it is too short."""
     s = settings(retry_delays="5,1,30,5")
-    assert delay_queue_for(s, 0.5).endswith(".1000ms")
-    assert delay_queue_for(s, 5).endswith(".5000ms")
-    assert delay_queue_for(s, 6).endswith(".30000ms")
-    assert delay_queue_for(s, 999).endswith(".30000ms")
+    assert delay_queue_for(s, 0.5) == (s.delay_queue_name(1), True)
+    assert delay_queue_for(s, 5) == (s.delay_queue_name(5), True)
+    assert delay_queue_for(s, 6) == (s.delay_queue_name(30), True)
+    assert delay_queue_for(s, 999) == (s.delay_queue_name(30), False)
 
 
 @pytest.mark.parametrize(

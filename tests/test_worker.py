@@ -304,8 +304,8 @@ async def test_credentials_rejected_pauses_then_resumes(
     assert worker.metric("canceller_dialnexa_credentials_valid") == 1
 
 
-def _probe_calls(sim: Any) -> int:
-    return sum(1 for c in sim.calls if c.method == "GET")
+def _probe_calls(sim: Any, probe_id: str = "wf_canceller_auth_probe") -> int:
+    return sum(1 for c in sim.calls if c.workflow_id == probe_id)
 
 
 async def test_duplicate_delivery_publishes_same_event_id(

@@ -57,6 +57,8 @@ class SimConfig:
 
     api_key: str = "sim_key:sim_secret"
     forbidden_key: str | None = None
+    # A key that may read (GET answers as usual) but not cancel (POST .../cancel answers 403).
+    read_only_key: str | None = None
     latency_s: float = 0.0
     rate_limit: int | None = None
     rate_window_s: float = 1.0
@@ -96,6 +98,7 @@ class SimConfig:
         ok = faults_ok and (
             isinstance(self.api_key, str)
             and (self.forbidden_key is None or isinstance(self.forbidden_key, str))
+            and (self.read_only_key is None or isinstance(self.read_only_key, str))
             and _is_number(self.latency_s)
             and self.latency_s >= 0
             and (self.rate_limit is None or (_is_int(self.rate_limit) and self.rate_limit >= 1))
@@ -289,7 +292,10 @@ class Simulator:
         token = auth[7:] if auth[:7].lower() == "bearer " else None
         if token is not None and token == config.forbidden_key:
             return _error(403), headers
-        if token != config.api_key:
+        if token is not None and token == config.read_only_key:
+            if method != "GET":
+                return _error(403), headers
+        elif token != config.api_key:
             return _error(401), headers
         queue = self._scripts.get(workflow_id)
         if queue:
