@@ -307,7 +307,9 @@ def worker_env(
         "CANCELLER_DIALNEXA_API_KEY": API_KEY,
         "CANCELLER_HTTP_HOST": HOST,
         "CANCELLER_HTTP_PORT": str(port),
-        "CANCELLER_LOG_LEVEL": "WARNING",
+        # WARNING as the benchmarks run the worker; BENCH_WORKER_LOG_LEVEL=INFO measures the
+        # per-workflow log lines an operator gets by default.
+        "CANCELLER_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
         "CANCELLER_DRAIN_TIMEOUT_S": "3",
         **trial.env(),
         **(extra or {}),

@@ -55,6 +55,7 @@ class PacedAdmission:
         self._sleep = sleep
         self._waiting: list[tuple[object, float]] = []  # oldest first
         self.in_flight = 0
+        self.closing = False  # shutting down: nothing more is admitted
 
     def room(self, start_by: float) -> int:
         """How many more workflows the pace can start before `start_by`."""
@@ -70,6 +71,8 @@ class PacedAdmission:
         return granted
 
     async def take(self, want: int, start_by: float) -> int:
+        if self.closing:
+            return 0
         if not self._waiting and self.room(start_by) > 0:
             return self._grant(want, start_by)
         token = object()
@@ -80,7 +83,7 @@ class PacedAdmission:
                 if first_with_room is token:
                     return self._grant(want, start_by)
                 now = self._clock()
-                if now >= start_by:
+                if now >= start_by or self.closing:
                     return 0
                 await self._sleep(min(_ADMISSION_NAP_S, start_by - now))
         finally:
@@ -163,6 +166,18 @@ class Capacity:
         self.metrics = metrics
         self._lanes = {lane: LaneApi(self, lane) for lane in LANES}
         self._admissions: dict[Lane, Admission] = {"complaint": UNLIMITED, "campaign": campaign_admission}
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        """Shutting down: no further call starts; handlers hand what is left on and settle."""
+        self.closing = True
+        self.pacer.closing = True
+        for admission in self._admissions.values():
+            if isinstance(admission, PacedAdmission):
+                admission.closing = True
 
     def lane(self, lane: Lane) -> LaneApi:
         return self._lanes[lane]

@@ -44,6 +44,7 @@ class Worker:
     ) -> None:
         self._settings = settings
         self._api = capacity.client
+        self._capacity = capacity
         self._metrics = metrics
         self._readiness = readiness
         self._processor = Processor(settings, capacity, metrics)
@@ -90,6 +91,9 @@ class Worker:
                     raise BrokerLost("connection or channel closed")
                 await self._cancel(queues, tags)
                 if woke is stop:
+                    # No call starts any more: in-flight messages hand what is left on to a
+                    # continuation and settle, well within the drain time.
+                    self._capacity.close()
                     await self._drain()
                     return
                 if not await self._wait_for_credentials(stop, lost):

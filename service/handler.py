@@ -229,9 +229,11 @@ async def handle(
     start_by: float = math.inf,
     admission: Admission = UNLIMITED,
     clock: Callable[[], float] = time.monotonic,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     """Cancel the event's workflows not in `done` or `failed` (by index), starting none after
-    `start_by` and no more than `admission` grants, and decide the message's fate."""
+    `start_by` (or once `stopping()` says the process is shutting down) and no more than
+    `admission` grants, and decide the message's fate."""
     ids: Sequence[str] = event.data.workflow_ids
     total = len(ids)
     earlier_failed = frozenset(failed)
@@ -240,7 +242,7 @@ async def handle(
 
     async def one(index: int) -> None:
         try:
-            if tally.auth or clock() >= start_by:
+            if tally.auth or stopping() or clock() >= start_by:
                 raise NotStarted("the delivery's time is up")
             result = await cancel_one(api, ids[index], policy, start_by)
             if result.outcome != "not_found":  # a missing workflow has nothing to announce
@@ -264,7 +266,7 @@ async def handle(
         while batch:
             await one(batch.popleft())
 
-    while pending and not tally.auth and clock() < start_by:
+    while pending and not tally.auth and not stopping() and clock() < start_by:
         granted = min(await admission.take(len(pending), start_by), len(pending))
         if granted <= 0:
             break

@@ -63,6 +63,7 @@ class Pacer:
         self._blocked_until = 0.0
         self._next_campaign_at = 0.0
         self._next_any_at = 0.0
+        self.closing = False  # shutting down: no waiting call starts any more
 
     # --- what the API tells us ----------------------------------------------------------------
 
@@ -141,7 +142,7 @@ class Pacer:
             if delay <= 0:
                 self._take(lane, now)
                 return now - started
-            if now + delay > start_by:
+            if now + delay > start_by or self.closing:
                 raise NotStarted(f"the {lane} lane's next call is {delay:.1f} s away")
             await self._sleep(min(delay, _MAX_NAP_S))
 

@@ -125,12 +125,14 @@ class Processor:
             result = await self.settle(message, outcome, publisher, queue, delivery)
             if result == "refused":
                 refused = f"the broker refused the copy for {type(outcome).__name__}"
-                outcome = Requeue(refused, self._refused())
+                # Never past the hold limit: the give-back waits at most until the hold ends.
+                room_s = received + self._settings.max_hold_s - time.monotonic() - 1.0
+                outcome = Requeue(refused, max(0.0, min(self._refused(), room_s)))
                 result = await self.settle(message, outcome, publisher, queue, delivery)
             else:
                 self._refused_backoff_s = REFUSED_BACKOFF_INITIAL_S
         except asyncio.CancelledError:
-            log.info("event.abandoned", reason="shutdown_or_broker_loss")
+            await self.settle(message, Abandon("shutdown or broker loss"), publisher, queue, delivery)
             raise
         except SESSION_ERRORS as error:
             outcome = Abandon(short(error))
@@ -171,6 +173,7 @@ class Processor:
                 parallel=self._settings.concurrency,
                 start_by=received + self._settings.start_window_s,
                 admission=self._capacity.admission(lane),
+                stopping=self._capacity.is_closing,
             )
         except Exception as error:  # a bug must not crash the worker: retry, then DLQ
             leaves = _leaves(error)
@@ -372,8 +375,9 @@ def _born_s(event: InboundEvent, delivery: Delivery) -> float:
     """When the event was made: its CloudEvents time, else when it was first seen here. A time
     no clock can express (year 1 with an offset) falls back to the first sighting."""
     if event.time is not None:
+        born = event.time if event.time.tzinfo else event.time.replace(tzinfo=UTC)  # no offset: UTC
         try:
-            return event.time.timestamp()
+            return born.timestamp()
         except (OverflowError, ValueError, OSError):
             pass
     return delivery.first_seen_ms / 1000

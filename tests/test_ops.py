@@ -422,3 +422,40 @@ async def test_odd_dead_letters_are_listed_safely(
     shown = repr(summary)
     assert "5555550123" not in shown and "\x1b" not in shown
     await connection.close()
+
+
+async def test_one_failing_workflow_is_dead_lettered_alone_and_replayed_alone(
+    simulator: Any, broker: BrokerProbe, start_worker: Any, cli: Cli
+) -> None:
+    """A 422 on one workflow, a 503 on another: the 503 is retried and cancelled, only the 422's
+    workflow is named in the DLQ copy, and a replay calls that one workflow and no other."""
+    sim, _ = simulator
+    worker = await start_worker()
+    failing, flaky, fine = wf_ids(3, "wf_part")
+    sim.script(failing, [422])
+    sim.script(flaky, [503, 503])  # both quick attempts of the first delivery fail
+    await broker.publish(campaign([failing, flaky, fine], event_id="ev-partial"))
+    dead_letter_queue = worker.settings.dead_letter_queue
+    await wait_until(lambda: broker.has_depth(dead_letter_queue, 1), timeout_s=20, what="the dead letter")
+    assert broker.output_ids() == {flaky, fine}
+    assert [len(sim.calls_for(wf)) for wf in (failing, flaky, fine)] == [1, 3, 1]
+
+    listed = await cli("dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [letter] = json.loads(listed.stdout)["newest"]
+    assert (letter["reason"], letter["failed_workflows"], letter["failed"]) == ("permanent", [failing], 1)
+
+    replayed = await cli("dlq", "replay", "--reason", "permanent")
+    assert replayed.returncode == 0, replayed.stderr
+    await wait_until(lambda: failing in broker.output_ids(), timeout_s=15, what="the failed one replayed")
+    assert [len(sim.calls_for(wf)) for wf in (failing, flaky, fine)] == [2, 3, 1]
+    assert await broker.depth(dead_letter_queue) == 0
+
+
+async def test_check_fails_for_a_key_that_may_read_but_not_cancel(simulator: Any, cli: Cli) -> None:
+    """`check` probes the cancel permission itself: a read-only key is a FAIL line (403), exit 1."""
+    sim, _ = simulator
+    sim.config.read_only_key, sim.config.api_key = sim.config.api_key, "sim_key:another"
+    result = await cli("check")
+    assert result.returncode == 1
+    assert "does not let the API key cancel workflows (403)" in result.stdout

@@ -217,3 +217,34 @@ async def test_no_secret_or_phone_number_in_debug_logs(
     assert "sim_key:sim_secret" not in text
     assert phone not in text and phone.lstrip("+") not in text
     assert "guest:guest" not in text
+
+
+@pytest.mark.broker
+async def test_every_workflow_outcome_is_logged_at_info_with_its_ids(
+    simulator: Any, broker: BrokerProbe, spawn: Any
+) -> None:
+    """At the default level, each workflow's outcome (cancelled, already terminal, not found,
+    failed) is one line naming its workflow_id and the trigger's event_id."""
+    sim, _ = simulator
+    proc = await spawn()
+    await broker.watch_dlq()
+    cancelled, terminal, missing, failing = "wf_log_ok", "wf_log_done", "wf_log_missing", "wf_log_bad"
+    sim.script(terminal, [409])
+    sim.script(failing, [422])
+    await broker.publish(campaign([cancelled, terminal, missing, failing], event_id="evt_log_1"))
+    await wait_until(lambda: len(broker.dead) == 1, what="the failed workflow dead-lettered")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+
+    records = [json.loads(line) for line in proc.output.decode().splitlines()]
+    outcomes = {
+        r["workflow_id"]: (r["event"], r.get("outcome") or r.get("reason"), r["level"])
+        for r in records
+        if r.get("event_id") == "evt_log_1" and r["event"] in ("workflow.settled", "workflow.failed")
+    }
+    assert outcomes == {
+        cancelled: ("workflow.settled", "cancelled", "info"),
+        terminal: ("workflow.settled", "already_terminal", "info"),
+        missing: ("workflow.settled", "not_found", "info"),
+        failing: ("workflow.failed", "permanent", "info"),
+    }

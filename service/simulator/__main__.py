@@ -19,7 +19,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every /v1 answer")
     parser.add_argument("--rate-limit", type=int, default=None, help="max /v1 calls per window")
     parser.add_argument("--rate-window-s", type=float, default=defaults.rate_window_s)
-    parser.add_argument("--reset-style", choices=("seconds", "epoch"), default=defaults.reset_style)
+    parser.add_argument(
+        "--reset-style", choices=("seconds", "epoch", "fractional"), default=defaults.reset_style
+    )
     parser.add_argument("--envelope", choices=("bare", "wrapped"), default=defaults.envelope)
     parser.add_argument("--camel-case", action="store_true", help="camelCase field names")
     parser.add_argument("--no-auto-create", action="store_true", help="unknown ids answer 404")

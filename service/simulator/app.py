@@ -62,7 +62,9 @@ class SimConfig:
     latency_s: float = 0.0
     rate_limit: int | None = None
     rate_window_s: float = 1.0
-    reset_style: Literal["seconds", "epoch"] = "seconds"
+    # How X-RateLimit-Reset is written: whole seconds (as observed), a Unix time (as documented), or
+    # fractional seconds (for time-compressed runs whose windows are shorter than a second).
+    reset_style: Literal["seconds", "epoch", "fractional"] = "seconds"
     envelope: Literal["bare", "wrapped"] = "bare"
     camel_case: bool = False
     auto_create: bool = True
@@ -104,7 +106,7 @@ class SimConfig:
             and (self.rate_limit is None or (_is_int(self.rate_limit) and self.rate_limit >= 1))
             and _is_number(self.rate_window_s)
             and self.rate_window_s > 0
-            and self.reset_style in ("seconds", "epoch")
+            and self.reset_style in ("seconds", "epoch", "fractional")
             and self.envelope in ("bare", "wrapped")
             and isinstance(self.camel_case, bool)
             and isinstance(self.auto_create, bool)
@@ -330,18 +332,20 @@ class Simulator:
             draw -= rate
         return None
 
-    def _rate_limit(self, config: SimConfig, limit: int, headers: dict[str, str]) -> int | None:
+    def _rate_limit(self, config: SimConfig, limit: int, headers: dict[str, str]) -> float | None:
         """Count this call in the fixed window; set X-RateLimit-*; return Retry-After if over."""
         now = time.monotonic()
         if self._window_start is None or now - self._window_start >= config.rate_window_s:
             self._window_start, self._window_count = now, 0
         self._window_count += 1
         left_s = config.rate_window_s - (now - self._window_start)
-        reset_s = max(1, math.ceil(left_s))
+        reset_s: float = max(1, math.ceil(left_s))
+        if config.reset_style == "fractional":
+            reset_s = round(max(left_s, 0.001), 3)
         headers["X-RateLimit-Limit"] = str(limit)
         headers["X-RateLimit-Remaining"] = str(max(0, limit - self._window_count))
         headers["X-RateLimit-Reset"] = (
-            str(reset_s) if config.reset_style == "seconds" else str(math.ceil(time.time() + left_s))
+            str(math.ceil(time.time() + left_s)) if config.reset_style == "epoch" else str(reset_s)
         )
         return reset_s if self._window_count > limit else None
 
