@@ -10,7 +10,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install lint test test-fast run broker bench chaos soak soak-long audit
+.PHONY: help install lint test test-fast run broker bench chaos soak soak-long scale scale-real audit
 
 help:
 	@echo "make run        run the worker against the local RabbitMQ (starts the DialNexa simulator if no API is configured)"
@@ -19,6 +19,8 @@ help:
 	@echo "make bench      the benchmarks against the local RabbitMQ and the simulator; writes docs/benchmarks.md"
 	@echo "make chaos      the long chaos drill (50,000 events, API faults, broker cuts, SIGKILLs, two workers)"
 	@echo "make soak       2 minutes of steady load, RSS/fds/tasks per 100k messages (soak-long: 30 minutes)"
+	@echo "make scale      a 20,000-workflow backlog at 150 calls per 0.6 s (production, 100 times faster): holds, calls per workflow, complaint latency"
+	@echo "make scale-real the same at 150 calls per 60 s for 12 minutes (real time)"
 	@echo "make audit      known vulnerabilities in the locked dependencies (asks the package index; not part of make test)"
 
 $(UV):
@@ -61,6 +63,14 @@ soak: install broker
 
 soak-long: install broker
 	$(VENV)/bin/python -m drills.soak --long
+
+# Issue "Real scale": the hold limit against a rate-limited backlog (docs/reliability.md).
+scale: install broker
+	$(VENV)/bin/python -m drills.real_scale --limit 150 --window-s 0.6 --max-hold-s 3 \
+		--connect-timeout-s 0.2 --read-timeout-s 0.4 --publish-timeout-s 0.3 --complaint-every-s 0.5
+
+scale-real: install broker
+	$(VENV)/bin/python -m drills.real_scale --duration-s 720
 
 # Depends on what the package index serves today, so it is not part of `make test`'s verdict.
 audit: install

@@ -285,6 +285,25 @@ class SimProcess:
         return body
 
 
+async def start_worker(
+    amqp_url: str, base_url: str, extra: dict[str, str], log_dir: Path, procs: list[Proc]
+) -> Proc:
+    """A worker process (`python -m service run`) on a free port, put first in `procs` (stopped
+    first), returned once its /readyz answers 200."""
+    port = free_port()
+    env = worker_env(amqp_url, base_url, port, extra)
+    worker = await spawn("worker", [PYTHON, "-m", "service", "run"], env, log_dir, port)
+    procs.insert(0, worker)
+
+    async def ready() -> bool:
+        if not worker.alive:
+            raise DrillError(f"worker exited with {worker.process.returncode}: {worker.log_tail()}")
+        return await answers_200(port, "/readyz")
+
+    await wait_for(ready, timeout_s=60, what="the worker ready")
+    return worker
+
+
 def worker_env(amqp_url: str, base_url: str, port: int, extra: dict[str, str]) -> dict[str, str]:
     """The environment of one worker process (the contract's default names, in the run's vhost)."""
     return {

@@ -56,18 +56,15 @@ from drills.common import (
     Proc,
     SimProcess,
     Vhost,
-    answers_200,
     connect,
-    free_port,
     http_get,
     machine,
     metric_sum,
     metrics,
     queue_depth,
-    spawn,
     stamp,
+    start_worker,
     wait_for,
-    worker_env,
 )
 
 INPUT_EXCHANGE = "crm.events"
@@ -361,17 +358,7 @@ async def _drill(config: ScaleConfig, vhost: Vhost, run: Run, procs: list[Proc])
         flags += ["--reset-style", "fractional"]
     sim = await SimProcess.start(run.out_dir, *flags)
     procs.append(sim.proc)
-    port = free_port()
-    env = worker_env(vhost.url, sim.base_url, port, worker_settings(config))
-    worker = await spawn("worker", [PYTHON, "-m", "service", "run"], env, run.out_dir, port)
-    procs.insert(0, worker)  # stopped first
-
-    async def ready() -> bool:
-        if not worker.alive:
-            raise DrillError(f"worker exited with {worker.process.returncode}: {worker.log_tail()}")
-        return await answers_200(port, "/readyz")
-
-    await wait_for(ready, timeout_s=60, what="the worker ready")
+    worker = await start_worker(vhost.url, sim.base_url, worker_settings(config), run.out_dir, procs)
     connection = await connect(vhost.url)
     stop = asyncio.Event()
     complaints: asyncio.Task[None] | None = None
@@ -386,7 +373,7 @@ async def _drill(config: ScaleConfig, vhost: Vhost, run: Run, procs: list[Proc])
         stop.set()
         await complaints
         await _wait_complaints(config, worker, run)
-        run.worker_metrics = await metrics(port)
+        run.worker_metrics = await metrics(worker.port or 0)
         run.dlq_depth = await queue_depth(connection, DLQ)
         run.sim_stats = await sim.stats()  # before the last pull: every call it counts is in the records
         await run.tally.pull(sim)

@@ -35,16 +35,13 @@ from pydantic import SecretStr
 
 from drills.common import (
     API_KEY,
-    PYTHON,
     RESULTS,
     DrillError,
     Proc,
     SimProcess,
     Vhost,
-    answers_200,
     connect,
     cpu_seconds,
-    free_port,
     machine,
     metric_sum,
     metrics,
@@ -52,10 +49,9 @@ from drills.common import (
     proc_status,
     queue_depth,
     sockets_to,
-    spawn,
     stamp,
+    start_worker,
     wait_for,
-    worker_env,
 )
 
 TASKS_GAUGE = "canceller_asyncio_tasks"  # the worker's own gauge of tasks alive in its loop
@@ -240,20 +236,10 @@ async def _soak(
     await _declare(vhost.url)
     sim = await SimProcess.start(out_dir)
     procs.append(sim.proc)
-    port = free_port()
     extra = {"CANCELLER_DRAIN_TIMEOUT_S": "10"}
     if config.terminal_cache_size is not None:
         extra["CANCELLER_TERMINAL_CACHE_SIZE"] = str(config.terminal_cache_size)
-    env = worker_env(vhost.url, sim.base_url, port, extra)
-    worker = await spawn("worker", [PYTHON, "-m", "service", "run"], env, out_dir, port)
-    procs.insert(0, worker)  # stopped first
-
-    async def ready() -> bool:
-        if not worker.alive:
-            raise DrillError(f"worker exited: {worker.log_tail()}")
-        return await answers_200(port, "/readyz")
-
-    await wait_for(ready, timeout_s=60, what="the worker ready")
+    worker = await start_worker(vhost.url, sim.base_url, extra, out_dir, procs)
     probe = await connect(vhost.url)
     try:
         publisher = Publisher(vhost.url, config.rate, seed=1)

@@ -316,59 +316,47 @@ class Processor:
     ) -> None:
         """Metrics and log lines of a settled message; never raises (the message is settled)."""
         try:
-            self._record(message, event, outcome, result, delivery, started, received)
+            held_s = time.monotonic() - received
+            if held_s > self.longest_hold_s:
+                self.longest_hold_s = held_s
+                self._metrics.delivery_hold_max.set(held_s)
+            event_type = event.type if event else peek_type(message.body)
+            duration_s = time.perf_counter() - started
+            if result != "abandoned":
+                self._processed(event_type, result).inc()
+                self._durations(event_type).observe(duration_s)
+            counts: dict[str, int] = {}
+            for each in outcome.results:
+                counts[each.outcome] = counts.get(each.outcome, 0) + 1
+                if each.outcome == "not_found":
+                    log.info("workflow.settled", workflow_id=each.workflow_id, outcome="not_found")
+            if isinstance(outcome, DeadLetter) and event is not None and outcome.carry is not None:
+                counts["failed"] = len(outcome.carry.failed)
+                ids = event.data.workflow_ids
+                for index in sorted(outcome.carry.failed):
+                    log.info("workflow.failed", workflow_id=ids[index], reason=outcome.reason)
+            for name, count in counts.items():
+                self._cancellations(event_type, name).inc(count)
+            if isinstance(outcome, HandOff | CredentialsRejected):
+                reason = outcome.reason if isinstance(outcome, HandOff) else "credentials_rejected"
+                self._handed_off(event_type, reason).inc()
+            if event is not None and isinstance(outcome, Completed):
+                self._ages(event_type).observe(max(0.0, time.time() - _born_s(event, delivery)))
+            log.info(
+                "event.settled",
+                event_type=event_type,
+                result=result,
+                outcome=type(outcome).__name__,
+                reason=getattr(outcome, "reason", None),
+                error=getattr(outcome, "error", None),
+                workflows=len(event.data.workflow_ids) if event else 0,
+                duration_ms=round(duration_s * 1000, 1),
+                **counts,
+            )
         except Exception as error:  # noqa: BLE001  # observing must never undo or jam a settled message
             log.error("event.observe_failed", error=short(error))
         finally:
             structlog.contextvars.clear_contextvars()
-
-    def _record(
-        self,
-        message: AbstractIncomingMessage,
-        event: InboundEvent | None,
-        outcome: Outcome,
-        result: str,
-        delivery: Delivery,
-        started: float,
-        received: float,
-    ) -> None:
-        held_s = time.monotonic() - received
-        if held_s > self.longest_hold_s:
-            self.longest_hold_s = held_s
-            self._metrics.delivery_hold_max.set(held_s)
-        event_type = event.type if event else peek_type(message.body)
-        duration_s = time.perf_counter() - started
-        if result != "abandoned":
-            self._processed(event_type, result).inc()
-            self._durations(event_type).observe(duration_s)
-        counts: dict[str, int] = {}
-        for each in outcome.results:
-            counts[each.outcome] = counts.get(each.outcome, 0) + 1
-            if each.outcome == "not_found":
-                log.info("workflow.settled", workflow_id=each.workflow_id, outcome="not_found")
-        if isinstance(outcome, DeadLetter) and event is not None and outcome.carry is not None:
-            counts["failed"] = len(outcome.carry.failed)
-            ids = event.data.workflow_ids
-            for index in sorted(outcome.carry.failed):
-                log.info("workflow.failed", workflow_id=ids[index], reason=outcome.reason)
-        for name, count in counts.items():
-            self._cancellations(event_type, name).inc(count)
-        if isinstance(outcome, HandOff | CredentialsRejected):
-            reason = outcome.reason if isinstance(outcome, HandOff) else "credentials_rejected"
-            self._handed_off(event_type, reason).inc()
-        if event is not None and isinstance(outcome, Completed):
-            self._ages(event_type).observe(max(0.0, time.time() - _born_s(event, delivery)))
-        log.info(
-            "event.settled",
-            event_type=event_type,
-            result=result,
-            outcome=type(outcome).__name__,
-            reason=getattr(outcome, "reason", None),
-            error=getattr(outcome, "error", None),
-            workflows=len(event.data.workflow_ids) if event else 0,
-            duration_ms=round(duration_s * 1000, 1),
-            **counts,
-        )
 
 
 def _born_s(event: InboundEvent, delivery: Delivery) -> float:
