@@ -18,7 +18,9 @@ from .events import CampaignEnded, ComplaintReceived, WorkflowCancelled
 from .retries import (
     HEADER_ATTEMPTS,
     HEADER_DEAD_LETTERED,
+    HEADER_DONE,
     HEADER_ERROR,
+    HEADER_FAILED,
     HEADER_REASON,
     HEADER_REPLAYED_AT,
     HEADER_REPLAYS,
@@ -76,6 +78,17 @@ def _dead_letter_headers() -> dict[str, Any]:
             HEADER_ATTEMPTS: {"type": "integer", "minimum": 1, "description": "deliveries tried"},
             HEADER_SOURCE_QUEUE: {"type": "string", "description": "the input queue it was taken from"},
             HEADER_DEAD_LETTERED: {"type": "integer", "description": "when, in Unix milliseconds"},
+            HEADER_FAILED: {
+                "type": "string",
+                "pattern": "^[0-9]+:[0-9a-f]+$",
+                "description": "permanent and exhausted only: the workflows that failed, as "
+                "`<count of ids>:<hex bitmap of their indexes>`; `dlq replay` calls only these",
+            },
+            HEADER_DONE: {
+                "type": "string",
+                "pattern": "^[0-9]+:[0-9a-f]+$",
+                "description": "permanent and exhausted only: the workflows already settled, same form",
+            },
         },
         "required": [HEADER_REASON, HEADER_ERROR, HEADER_ATTEMPTS],
     }

@@ -73,8 +73,12 @@ class PacedAdmission:
     async def take(self, want: int, start_by: float) -> int:
         if self.closing:
             return 0
-        if not self._waiting and self.room(start_by) > 0:
-            return self._grant(want, start_by)
+        if not self._waiting:
+            room = self.room(start_by)
+            if room > 0:
+                granted = min(want, room)
+                self.in_flight += granted
+                return granted
         token = object()
         self._waiting.append((token, start_by))
         try:
@@ -99,10 +103,18 @@ class Slots:
     def __init__(self, total: int, reserved: int) -> None:
         self._total = asyncio.Semaphore(total)
         self._campaign = asyncio.Semaphore(max(1, total - reserved))
+        self._free = total  # slots not taken: a plain number to test before any waiting
 
     async def acquire(self, lane: Lane, start_by: float = math.inf) -> None:
         """Take a slot; `NotStarted` when none is free before `start_by`."""
-        if start_by == math.inf or not (self._total.locked() or self._campaign.locked()):
+        if self._free > 0 and (lane != "campaign" or not self._campaign.locked()):
+            # Free now: neither acquire can wait, so no timeout and no undo are needed.
+            if lane == "campaign":
+                await self._campaign.acquire()
+            await self._total.acquire()
+            self._free -= 1
+            return
+        if start_by == math.inf:
             await self._acquire(lane)
             return
         timeout = start_by - time.monotonic()
@@ -124,8 +136,10 @@ class Slots:
                 raise
         else:
             await self._total.acquire()
+        self._free -= 1
 
     def release(self, lane: Lane) -> None:
+        self._free += 1
         self._total.release()
         if lane == "campaign":
             self._campaign.release()

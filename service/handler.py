@@ -237,42 +237,47 @@ async def handle(
     ids: Sequence[str] = event.data.workflow_ids
     total = len(ids)
     earlier_failed = frozenset(failed)
-    pending = deque(i for i in range(total) if i not in done and i not in earlier_failed)
+    if done or earlier_failed:
+        pending = deque(i for i in range(total) if i not in done and i not in earlier_failed)
+    else:
+        pending = deque(range(total))
     tally = _Tally(done=set(done))
 
-    async def one(index: int) -> None:
-        try:
-            if tally.auth or stopping() or clock() >= start_by:
-                raise NotStarted("the delivery's time is up")
-            result = await cancel_one(api, ids[index], policy, start_by)
-            if result.outcome != "not_found":  # a missing workflow has nothing to announce
-                await emit(result)
-        except NotStarted:
-            tally.unstarted.append(index)
-        except AuthError as error:
-            tally.auth.append(error)
-            tally.unstarted.append(index)
-        except RejectedError as error:
-            tally.permanent[index] = error
-        except (RateLimitedError, ServerError, TransportError, PublishRefused) as error:
-            tally.transient[index] = error
-        else:
-            tally.results.append(result)
-            tally.done.add(index)
-        finally:
-            admission.give(1)
-
     async def drain(batch: deque[int]) -> None:
+        """Cancel the workflows of `batch` one after another (several drains share a batch)."""
         while batch:
-            await one(batch.popleft())
+            index = batch.popleft()
+            try:
+                if tally.auth or stopping() or clock() >= start_by:
+                    raise NotStarted("the delivery's time is up")
+                result = await cancel_one(api, ids[index], policy, start_by)
+                if result.outcome != "not_found":  # a missing workflow has nothing to announce
+                    await emit(result)
+            except NotStarted:
+                tally.unstarted.append(index)
+            except AuthError as error:
+                tally.auth.append(error)
+                tally.unstarted.append(index)
+            except RejectedError as error:
+                tally.permanent[index] = error
+            except (RateLimitedError, ServerError, TransportError, PublishRefused) as error:
+                tally.transient[index] = error
+            else:
+                tally.results.append(result)
+                tally.done.add(index)
+            finally:
+                admission.give(1)
 
     while pending and not tally.auth and not stopping() and clock() < start_by:
         granted = min(await admission.take(len(pending), start_by), len(pending))
         if granted <= 0:
             break
-        batch = deque(pending.popleft() for _ in range(granted))
-        workers = max(1, min(parallel, granted))
-        if workers == 1:
+        if granted == len(pending):
+            batch, pending = pending, deque()
+        else:
+            batch = deque(pending.popleft() for _ in range(granted))
+        workers = min(parallel, granted)
+        if workers <= 1:
             await drain(batch)  # most events name one workflow: no task group needed
         else:
             async with asyncio.TaskGroup() as group:
@@ -287,6 +292,8 @@ def _decide(
 ) -> Outcome:
     """The message's fate from what happened to each of its workflows."""
     results = tuple(tally.results)
+    if not (tally.auth or tally.transient or tally.unstarted or tally.permanent or earlier_failed):
+        return Completed(results)  # the common case, decided without building the carry
     failed = earlier_failed | frozenset(tally.permanent)
     carry = Carry(total, frozenset(tally.done), failed)
     if tally.auth:

@@ -120,12 +120,13 @@ class Pacer:
     def sustained_rps(self) -> float | None:
         """The campaign lane's long-run pace: the window's budget less the complaint reserve, over
         the window (None while neither headers nor a static cap say)."""
-        rates = []
+        rate = None
         if self.limit is not None and self._window_s:
-            rates.append(max(self.limit - self.reserve, 1.0) / self._window_s)
+            rate = max(self.limit - self.reserve, 1.0) / self._window_s
         if self._min_gap_s:
-            rates.append(1.0 / self._min_gap_s)
-        return min(rates) if rates else None
+            cap = 1.0 / self._min_gap_s
+            rate = cap if rate is None else min(rate, cap)
+        return rate
 
     def blocked_for(self) -> float:
         """Seconds until calls may start again after a 429 (0 when not blocked)."""

@@ -105,6 +105,7 @@ class Processor:
             max_retry_after_wait_s=settings.max_retry_after_wait_s,
         )
         self._refused_backoff_s = REFUSED_BACKOFF_INITIAL_S
+        self._start_window_s = settings.start_window_s  # read once: a property of the settings
         self.longest_hold_s = 0.0
         self._received = Children(metrics.events_received)
         self._processed = Children(metrics.events_processed)
@@ -154,12 +155,14 @@ class Processor:
         )
         self._received(event.type).inc()
         total = len(event.data.workflow_ids)
-        carry = Carry(
-            total, decode_done(delivery.done_header, total), decode_done(delivery.failed_header, total)
-        )
-        parked = not_due(delivery.not_before_ms, int(time.time() * 1000), carry)
-        if parked is not None:
-            return event, parked
+        carry = Carry(total)
+        if delivery.done_header is not None or delivery.failed_header is not None:
+            done = decode_done(delivery.done_header, total)
+            carry = Carry(total, done, decode_done(delivery.failed_header, total))
+        if delivery.not_before_ms is not None:
+            parked = not_due(delivery.not_before_ms, int(time.time() * 1000), carry)
+            if parked is not None:
+                return event, parked
         lane: Lane = "complaint" if event.type == COMPLAINT_RECEIVED else "campaign"
         try:
             outcome = await handle(
@@ -171,7 +174,7 @@ class Processor:
                 done=carry.done,
                 failed=carry.failed,
                 parallel=self._settings.concurrency,
-                start_by=received + self._settings.start_window_s,
+                start_by=received + self._start_window_s,
                 admission=self._capacity.admission(lane),
                 stopping=self._capacity.is_closing,
             )
@@ -337,9 +340,10 @@ class Processor:
                     log.info("workflow.failed", workflow_id=ids[index], reason=outcome.reason)
             for name, count in counts.items():
                 self._cancellations(event_type, name).inc(count)
-            if isinstance(outcome, HandOff | CredentialsRejected):
-                reason = outcome.reason if isinstance(outcome, HandOff) else "credentials_rejected"
-                self._handed_off(event_type, reason).inc()
+            if isinstance(outcome, HandOff):
+                self._handed_off(event_type, outcome.reason).inc()
+            elif isinstance(outcome, CredentialsRejected):
+                self._handed_off(event_type, "credentials_rejected").inc()
             if event is not None and isinstance(outcome, Completed):
                 self._ages(event_type).observe(max(0.0, time.time() - _born_s(event, delivery)))
             log.info(
