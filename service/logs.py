@@ -59,7 +59,10 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     # groups), times (colons) and addresses (dots) do not have this shape.
     (re.compile(r"(?<![\w.+-])(?:\(\d{2,4}\)|\d{2,4})[ -]\d{3,4}[ -]\d{3,4}(?![\w.])"), MASK),
 )
-_DIGIT_RUN = re.compile(r"\d{8}|\d[ )-]\d{3}[ -]\d{3}")
+# The pre-check covers every shape above: a run of 8 digits (long numbers, +-prefixed ones pass
+# through "+"), or a digit, a separator (`) ` counts as one), 3-4 digits, a separator and 3 more
+# digits (the national formats, `(555) 555-0123` and `020 7946 0958` included).
+_DIGIT_RUN = re.compile(r"\d{8}|\d[ )-]{1,2}\d{3,4}[ -]\d{3}")
 
 
 def _may_hold_shape(text: str) -> bool:

@@ -216,3 +216,21 @@ def test_console_format_masks_traces(configured: Any, level: str) -> None:
         structlog.get_logger("t").exception("test.exception", url=AMQP_URL)
     assert "Traceback" in stream.getvalue()
     assert_clean(stream.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("line", "number"),
+    [
+        ("please call (555) 555-0123 today", "(555) 555-0123"),
+        ("please call 555-555-0123 today", "555-555-0123"),
+        ("please call 555 555 0123 today", "555 555 0123"),
+        ("please call 020 7946 0958 today", "020 7946 0958"),
+        ("please call +44 20 7946 0958 today", "+44 20 7946 0958"),
+        ("please call 15555550123 today", "15555550123"),
+    ],
+)
+def test_each_phone_format_is_masked_on_a_line_of_its_own(line: str, number: str) -> None:
+    """Every format the redactor promises, alone on its line (no other number to trip the pre-check)."""
+    masked = logs.mask_shapes(line)
+    assert number not in masked
+    assert masked == line.replace(number, "[redacted]")
