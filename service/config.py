@@ -48,7 +48,7 @@ class CommonSettings(BaseSettings):
         frozen=True,
     )
 
-    # --- contract section 6 -------------------------------------------------------------------
+    # --- docs/contract.md section 6 ---------------------------------------------------------
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     dialnexa_base_url: HttpUrl = AnyUrl("https://api.dialnexa.com/v1")
     # Plain http:// to DialNexa is refused unless the host is loopback or this is set (a simulator
@@ -125,7 +125,7 @@ class CommonSettings(BaseSettings):
     # to the DLQ by the broker, never dropped.
     delivery_limit: int = Field(default=50, ge=1, le=10_000)
 
-    # --- names (contract section 2) ------------------------------------------------------------
+    # --- names (docs/contract.md section 2) ----------------------------------------------
     input_exchange: str = "crm.events"
     campaign_queue: str = "workflow-canceller.campaign-ended"
     campaign_routing_key: str = "campaign-ended"

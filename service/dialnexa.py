@@ -160,7 +160,7 @@ def status_error(response: Answer, now: float) -> StatusError:
 
 
 def classify(workflow_id: str, response: Answer, now: float) -> CancelResult | StatusError:
-    """What one answer to a cancel call means (contract section 5): a result, or the error to raise.
+    """What one answer to a cancel call means (docs/contract.md section 5): a result, or the error to raise.
 
     A pure function of the answer (status, headers, body) and the clock: 2xx `cancelled`, 409
     `already_terminal`, 404 `not_found`, anything else one `StatusError` of the tree above.

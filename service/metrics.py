@@ -46,7 +46,7 @@ class Children(Generic[M]):
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    """Every metric the service exports (contract section 8, plus operational extras)."""
+    """Every metric the service exports (docs/contract.md section 8, plus operational extras)."""
 
     events_received: Counter
     events_processed: Counter

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,30 @@ def test_every_command_shown_parses(doc: str) -> None:
             parser.parse_args(argv)
         except SystemExit as error:
             raise AssertionError(f"{doc}: `workflow-canceller {line}` does not parse") from error
+
+
+def test_nothing_refers_to_files_outside_the_repository() -> None:
+    """The contract lives in docs/contract.md; no tracked file points at a sibling folder or at
+    the contract's or API notes' old homes outside the repository."""
+    outside = ("../" + "shared", "CONTRACT" + ".md", "DIALNEXA_API" + ".md")
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert (ROOT / "docs" / "contract.md").is_file()
+    offenders = []
+    for name in tracked:
+        path = ROOT / name
+        if name.endswith((".lock", ".json", ".png")) or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        offenders += [f"{name}: {word}" for word in outside if word in text]
+    assert offenders == []
+
+
+def test_the_licence_is_in_the_repository_and_the_package() -> None:
+    """LICENSE holds the Apache 2.0 text and pyproject.toml declares the same licence and authors."""
+    licence = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0" in licence
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    assert project["authors"]

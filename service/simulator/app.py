@@ -1,7 +1,7 @@
 """A DialNexa API simulator: a real aiohttp server with scriptable answers and O(1) bookkeeping.
 
 Serves `POST /v1/workflows/{id}/cancel` and `GET /v1/workflows/{id}` with the real API's shapes
-(see DIALNEXA_API.md), plus a JSON control API under `/_sim/` for other processes and `/healthz`.
+(see docs/contract.md, section 1), plus a JSON control API under `/_sim/` for other processes and `/healthz`.
 Order of checks for a /v1 call: latency, rate limit, auth, scripted action, injected fault, normal
 behaviour. Injected faults are drawn per call with the configured probabilities from one RNG (seeded
 by `fault_seed`, so a run's sequence of draws is reproducible): a 5xx, a timeout (the answer comes
