@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from . import app, logs
 from .config import CommonSettings, Settings, describe_errors, secret_values
+from .metrics import version
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -68,6 +69,7 @@ def build_parser(table: dict[str, Command]) -> argparse.ArgumentParser:
         prog="workflow-canceller",
         description="Cancel DialNexa workflows named by CRM events (configuration: CANCELLER_* variables).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in table.items():
         command_parser = sub.add_parser(name, help=command.help, description=command.help)

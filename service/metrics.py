@@ -7,10 +7,12 @@ sets (event types, outcomes, status codes): never an id.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import platform
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
 # Latency buckets for one DialNexa call: local simulator (ms) up to a slow real API (10 s).
@@ -68,6 +70,7 @@ class Metrics:
     rate_limit_remaining: Gauge
     terminal_cache_hits: Counter
     asyncio_tasks: Gauge
+    build_info: Info
     handed_off: Counter
     copies_refused: Counter
     rate_limit_pause: Gauge
@@ -192,6 +195,7 @@ class Metrics:
                 registry=registry,
             ),
             asyncio_tasks=_task_gauge(registry),
+            build_info=_build_info(registry),
             handed_off=Counter(
                 "canceller_handed_off_total",
                 "Deliveries acked after a continuation copy took over their unfinished workflows,"
@@ -224,6 +228,21 @@ class Metrics:
                 registry=registry,
             ),
         )
+
+
+def version() -> str:
+    """The installed package's version (`unknown` when run from a tree that is not installed)."""
+    try:
+        return importlib.metadata.version("workflow-canceller")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _build_info(registry: CollectorRegistry) -> Info:
+    """`canceller_build_info{version, python}` = 1: which release each pod runs."""
+    info = Info("canceller_build", "The running release of workflow-canceller.", registry=registry)
+    info.info({"version": version(), "python": platform.python_version()})
+    return info
 
 
 def _task_gauge(registry: CollectorRegistry) -> Gauge:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import gc
 import io
 import json
+import platform
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from service import logs
+from service.__main__ import main
 from service.app import GC_GEN0_THRESHOLD, settle_gc
 from service.config import Settings, describe_errors, secret_values
+from service.metrics import Metrics, version
 from service.retries import decode_done, encode_done
 from service.topology import delay_queue_for
 
@@ -154,3 +159,22 @@ def test_settle_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> 
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_version_is_printed_and_exported(capsys: pytest.CaptureFixture[str]) -> None:
+    """`workflow-canceller --version` prints the installed version; `canceller_build_info` carries it."""
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"workflow-canceller {version()}"
+    assert version() != "unknown"
+    registry = CollectorRegistry()
+    Metrics.build(registry)
+    assert (
+        registry.get_sample_value(
+            "canceller_build_info", {"version": version(), "python": platform.python_version()}
+        )
+        == 1.0
+    )
+    assert (Path(__file__).parent.parent / "service" / "py.typed").is_file()
