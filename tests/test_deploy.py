@@ -97,6 +97,7 @@ def _exported_metric_names() -> set[str]:
         "histogram": ("_bucket", "_sum", "_count", "_created"),
         "gauge": ("",),
         "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
     }
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
 
