@@ -10,6 +10,17 @@ configured() {
   [[ -n "${!1:-}" ]] || grep -qs "^$1=" .env
 }
 
+# No broker configured and none on this machine: say how to get one instead of reconnecting forever.
+if ! configured CANCELLER_AMQP_URL && ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  cat >&2 <<'NOBROKER'
+make run: no RabbitMQ answers on 127.0.0.1:5672, and none could be started here.
+  Start the compose stack's broker:   docker compose up -d rabbitmq
+  or install one:                     apt-get install rabbitmq-server  (make run starts it)
+  or point at another:                CANCELLER_AMQP_URL=amqp://user:pass@host:5672/ make run
+NOBROKER
+  exit 1
+fi
+
 if ! configured CANCELLER_DIALNEXA_BASE_URL && ! configured CANCELLER_DIALNEXA_API_KEY; then
   "$VENV/bin/dialnexa-simulator" --host 127.0.0.1 --port "$SIM_PORT" &
   sim_pid=$!

@@ -16,8 +16,10 @@ from service.__main__ import build_parser, commands
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "workflow-canceller.rules.yml"
-# `wc` is the runbook's shorthand for `kubectl exec ... -- workflow-canceller`.
-COMMAND = re.compile(r"(?:^|[\s`(])(?:wc|workflow-canceller)((?: [^\s`#|>)][^`#|>)]*?)?)\s*(?:#|`|\)|$|\||>)")
+# `canceller` is the runbook's shell function for `kubectl exec ... -- workflow-canceller`.
+COMMAND = re.compile(
+    r"(?:^|[\s`(])(?:canceller|workflow-canceller)((?: [^\s`#|>)][^`#|>)]*?)?)\s*(?:#|`|\)|$|\||>)"
+)
 
 
 def _alerts() -> list[str]:
@@ -28,7 +30,7 @@ def _alerts() -> list[str]:
 def _command_lines(text: str) -> list[str]:
     found = []
     for line in text.splitlines():
-        if line.lstrip().startswith(("wc()", "wc ()")):
+        if line.lstrip().startswith(("canceller()", "canceller ()")):
             continue
         for match in COMMAND.finditer(line):
             args = re.split(r"[;&>]", match.group(1))[0].strip()  # up to the shell's next command

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,3 +249,23 @@ async def test_every_workflow_outcome_is_logged_at_info_with_its_ids(
         missing: ("workflow.settled", "not_found", "info"),
         failing: ("workflow.failed", "permanent", "info"),
     }
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="needs a network namespace of its own"
+)
+def test_run_without_a_broker_says_how_to_get_one() -> None:
+    """`make run`'s script, where no RabbitMQ answers (an empty network namespace): exit 1 with how
+    to start the compose broker, instead of reconnecting forever."""
+    root = Path(__file__).parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
+    done = subprocess.run(
+        ["unshare", "-n", "bash", "scripts/run-local.sh"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "docker compose up -d rabbitmq" in done.stderr
