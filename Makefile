@@ -6,7 +6,10 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
-VENV := .venv
+# PYTHON=3.12 (or 3.13, or a path) runs everything on that interpreter, in a venv of its own;
+# without it, .python-version's 3.11.
+PYTHON ?=
+VENV := .venv$(if $(PYTHON),-$(notdir $(PYTHON)),)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
@@ -28,7 +31,7 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --all-groups
+	$(UV) sync --frozen --all-groups $(if $(PYTHON),--python $(PYTHON),)
 	touch $@
 
 install: $(VENV)/.synced
