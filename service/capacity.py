@@ -17,9 +17,10 @@ Every wait before the request is bounded by the delivery's `start_by`: past it, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from cachetools import TTLCache
 
@@ -28,7 +29,7 @@ from .metrics import Metrics
 from .pacing import LANES, Lane, Pacer
 from .ports import UNLIMITED, Admission, CancelResult, NotStarted, RateLimitedError
 
-# How often a delivery waiting for admission looks again (the budget follows every answer).
+# How often a waiting delivery looks again without a give-back (the budget follows every answer).
 _ADMISSION_NAP_S = 0.25
 
 
@@ -46,14 +47,13 @@ class PacedAdmission:
         window_s: float,
         unpaced: int,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._pacer = pacer
         self._window_s = window_s
         self._unpaced = unpaced
         self._clock = clock
-        self._sleep = sleep
         self._waiting: list[tuple[object, float]] = []  # oldest first
+        self._given_back = asyncio.Event()  # wakes the waiting deliveries when room frees
         self.in_flight = 0
         self.closing = False  # shutting down: nothing more is admitted
 
@@ -89,12 +89,18 @@ class PacedAdmission:
                 now = self._clock()
                 if now >= start_by or self.closing:
                     return 0
-                await self._sleep(min(_ADMISSION_NAP_S, start_by - now))
+                # Woken when workflows are given back; at least every nap, as the pace may change.
+                self._given_back.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(_ADMISSION_NAP_S, start_by - now)):
+                        await self._given_back.wait()
         finally:
             self._waiting.remove((token, start_by))
 
     def give(self, count: int) -> None:
         self.in_flight = max(0, self.in_flight - count)
+        if self._waiting:
+            self._given_back.set()
 
 
 class Slots:

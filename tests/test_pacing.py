@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+import time
 
 import pytest
 
-from service.capacity import Slots, TerminalCache
+from service.capacity import PacedAdmission, Slots, TerminalCache
 from service.dialnexa import CancelResult, RateLimit
 from service.pacing import Pacer
 
@@ -156,3 +158,30 @@ def test_terminal_cache_remembers_terminal_results_only() -> None:
     off = TerminalCache(size=0, ttl_s=60)
     off.remember(CancelResult("wf_1", "cancelled", "cancelled"))
     assert off.get("wf_1") is None
+
+
+async def test_admission_follows_the_pace_and_the_deadline() -> None:
+    """With a known pace, a delivery is admitted `pace x time left - admitted` workflows; one with
+    no room gets 0 at its deadline instead of waiting on."""
+    pacer = Pacer(reserve_share=0.05)
+    pacer.observe(RateLimit(limit=150, remaining=150, reset_after_s=60))
+    admission = PacedAdmission(pacer, window_s=260, unpaced=32)
+    now = time.monotonic()
+    assert await admission.take(1_000, now + 260) == int(2.375 * 260)  # 617 of 1,000
+    started = time.monotonic()
+    assert await admission.take(10, time.monotonic() + 0.3) == 0  # nothing fits: no wait past it
+    assert 0.25 <= time.monotonic() - started < 1.0
+
+
+async def test_a_waiting_delivery_is_admitted_as_soon_as_work_is_given_back() -> None:
+    """Unpaced, the budget is `unpaced`; a give-back wakes the waiting delivery at once, not at
+    its next look."""
+    admission = PacedAdmission(Pacer(), window_s=260, unpaced=4)
+    assert await admission.take(10, math.inf) == 4
+    waiting = asyncio.create_task(admission.take(3, math.inf))
+    await asyncio.sleep(0)  # it is waiting now
+    assert not waiting.done()
+    given = time.monotonic()
+    admission.give(2)
+    assert await asyncio.wait_for(waiting, 1) == 2
+    assert time.monotonic() - given < 0.1  # woken by the give-back, not by the 0.25 s look
