@@ -66,19 +66,16 @@ class PacedAdmission:
         return int(rps * horizon) - self.in_flight
 
     def _grant(self, want: int, start_by: float) -> int:
-        granted = min(want, self.room(start_by))
+        """Admit up to `want` if there is room (0 and nothing taken when there is none)."""
+        granted = max(0, min(want, self.room(start_by)))
         self.in_flight += granted
         return granted
 
     async def take(self, want: int, start_by: float) -> int:
         if self.closing:
             return 0
-        if not self._waiting:
-            room = self.room(start_by)
-            if room > 0:
-                granted = min(want, room)
-                self.in_flight += granted
-                return granted
+        if not self._waiting and (granted := self._grant(want, start_by)):
+            return granted
         token = object()
         self._waiting.append((token, start_by))
         try:
@@ -102,6 +99,9 @@ class PacedAdmission:
         if self._waiting:
             self._given_back.set()
 
+    def close(self) -> None:
+        self.closing = True
+
 
 class Slots:
     """In-flight slots: the complaint lane may use all of them, campaign work all but `reserved`."""
@@ -109,18 +109,12 @@ class Slots:
     def __init__(self, total: int, reserved: int) -> None:
         self._total = asyncio.Semaphore(total)
         self._campaign = asyncio.Semaphore(max(1, total - reserved))
-        self._free = total  # slots not taken: a plain number to test before any waiting
 
     async def acquire(self, lane: Lane, start_by: float = math.inf) -> None:
-        """Take a slot; `NotStarted` when none is free before `start_by`."""
-        if self._free > 0 and (lane != "campaign" or not self._campaign.locked()):
-            # Free now: neither acquire can wait, so no timeout and no undo are needed.
-            if lane == "campaign":
-                await self._campaign.acquire()
-            await self._total.acquire()
-            self._free -= 1
-            return
-        if start_by == math.inf:
+        """Take a slot; `NotStarted` when none is free before `start_by`. A timer is armed only
+        when the slot is not free at once."""
+        free = not self._total.locked() and (lane != "campaign" or not self._campaign.locked())
+        if free or start_by == math.inf:
             await self._acquire(lane)
             return
         timeout = start_by - time.monotonic()
@@ -142,10 +136,8 @@ class Slots:
                 raise
         else:
             await self._total.acquire()
-        self._free -= 1
 
     def release(self, lane: Lane) -> None:
-        self._free += 1
         self._total.release()
         if lane == "campaign":
             self._campaign.release()
@@ -196,8 +188,7 @@ class Capacity:
         self.closing = True
         self.pacer.closing = True
         for admission in self._admissions.values():
-            if isinstance(admission, PacedAdmission):
-                admission.closing = True
+            admission.close()
 
     def lane(self, lane: Lane) -> LaneApi:
         return self._lanes[lane]

@@ -164,11 +164,9 @@ class Worker:
             self._resumed_at is not None
             and time.monotonic() - self._resumed_at < 10 * settings.auth_probe_max_s
         )
-        wait_s = (
-            min(self._probe_wait_s * 2, settings.auth_probe_max_s)
-            if rejected_again
-            else (settings.auth_probe_initial_s)
-        )
+        wait_s = settings.auth_probe_initial_s
+        if rejected_again:
+            wait_s = min(self._probe_wait_s * 2, settings.auth_probe_max_s)
         self._probe_wait_s = wait_s
         log.error("consumer.paused", reason="credentials_rejected", first_probe_in_s=round(wait_s, 2))
         await self._drain()  # in-flight messages hit the same 401/403 and are handed on

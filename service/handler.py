@@ -157,10 +157,10 @@ class RetryPolicy:
         return max(delay, retry_after_s or 0.0)
 
 
-def not_due(not_before_ms: int | None, now_ms: int, carry: Carry) -> HandOff | None:
+def not_due(not_before_ms: int, now_ms: int, carry: Carry) -> HandOff | None:
     """A copy back from a delay queue before its time (a wait longer than the longest delay
     queue): park it again for the rest, without counting an attempt."""
-    if not_before_ms is None or not_before_ms <= now_ms + 100:
+    if not_before_ms <= now_ms + 100:
         return None
     return HandOff(carry, "not_due", delay_s=(not_before_ms - now_ms) / 1000)
 

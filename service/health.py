@@ -38,28 +38,21 @@ class Readiness:
 
     def consuming(self, queue: str, active: bool) -> None:
         self._consuming[queue] = active
-        self._publish()
 
     def stopped(self) -> None:
         """Connection gone or closing: no queue is consumed."""
         for queue in self._consuming:
             self._consuming[queue] = False
-        self._publish()
 
     def pause(self, reason: str) -> None:
         self._paused = reason
-        self._publish()
 
     def resume(self) -> None:
         self._paused = None
-        self._publish()
 
     def describe(self) -> dict[str, object]:
         paused = self._paused or self._held_back()
         return {"ready": self.ready, "paused": paused, "consuming": dict(self._consuming)}
-
-    def _publish(self) -> None:
-        """The ready gauge is read at scrape time; nothing to update."""
 
 
 def build_app(readiness: Readiness, registry: CollectorRegistry) -> web.Application:

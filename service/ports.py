@@ -97,6 +97,10 @@ class Admission(Protocol):
         """Hand back admissions of workflows that finished or were not started."""
         ...
 
+    def close(self) -> None:
+        """Shutting down: admit nothing more, and let waiting deliveries go at once."""
+        ...
+
 
 class Unlimited:
     """An `Admission` that admits everything at once (complaints, tests)."""
@@ -105,6 +109,9 @@ class Unlimited:
         return want
 
     def give(self, count: int) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
 

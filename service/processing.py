@@ -118,7 +118,6 @@ class Processor:
     async def process(self, message: AbstractIncomingMessage, publisher: Publisher, queue: str) -> Outcome:
         """Decide and settle one delivery; the outcome settled is returned to the worker."""
         received = time.monotonic()
-        started = time.perf_counter()
         delivery = Delivery.of(message, int(time.time() * 1000), self._settings.requeue_exchange)
         event: InboundEvent | None = None
         try:
@@ -138,7 +137,7 @@ class Processor:
         except SESSION_ERRORS as error:
             outcome = Abandon(short(error))
             result = await self.settle(message, outcome, publisher, queue, delivery)
-        self._observe(message, event, outcome, result, delivery, started, received)
+        self._observe(message, event, outcome, result, delivery, received)
         return outcome
 
     async def _outcome_of(
@@ -253,8 +252,9 @@ class Processor:
                     await message.ack()
                     self._metrics.dead_lettered.labels(reason).inc()
                     return "dead_lettered"
-                case Requeue(error=error, after_s=after_s):
-                    log.error("event.copy_refused", error=error, requeue_in_s=after_s)
+                case Requeue(after_s=after_s):
+                    # The refusal itself was logged at ERROR (event.copy_refused) where it happened.
+                    log.warning("event.given_back", after_s=round(after_s, 2))
                     await asyncio.sleep(after_s)
                     await message.nack(requeue=True)
                     return "retried"
@@ -297,14 +297,13 @@ class Processor:
         if error:
             headers[HEADER_ERROR] = encodable(error)[:500]
         if delay_s <= 0:
-            await publisher.to_input(message, headers)
+            await publisher.to_input(message, headers, drop=(HEADER_NOT_BEFORE,))
             return
         delay_queue, long_enough = topology.delay_queue_for(self._settings, delay_s)
-        drop: tuple[str, ...] = ()
-        if long_enough:
-            drop = (HEADER_NOT_BEFORE,)
-        else:
+        drop: tuple[str, ...] = (HEADER_NOT_BEFORE,)
+        if not long_enough:  # parked in the longest queue, and again until it is due
             headers[HEADER_NOT_BEFORE] = int(time.time() * 1000 + delay_s * 1000)
+            drop = ()
         await publisher.to_delay_queue(message, delay_queue, headers, drop)
 
     def _observe(
@@ -314,17 +313,15 @@ class Processor:
         outcome: Outcome,
         result: str,
         delivery: Delivery,
-        started: float,
         received: float,
     ) -> None:
         """Metrics and log lines of a settled message; never raises (the message is settled)."""
         try:
-            held_s = time.monotonic() - received
-            if held_s > self.longest_hold_s:
-                self.longest_hold_s = held_s
-                self._metrics.delivery_hold_max.set(held_s)
+            duration_s = time.monotonic() - received  # how long the delivery was held
+            if duration_s > self.longest_hold_s:
+                self.longest_hold_s = duration_s
+                self._metrics.delivery_hold_max.set(duration_s)
             event_type = event.type if event else peek_type(message.body)
-            duration_s = time.perf_counter() - started
             if result != "abandoned":
                 self._processed(event_type, result).inc()
                 self._durations(event_type).observe(duration_s)
@@ -334,7 +331,7 @@ class Processor:
                 if each.outcome == "not_found":
                     log.info("workflow.settled", workflow_id=each.workflow_id, outcome="not_found")
             if isinstance(outcome, DeadLetter) and event is not None and outcome.carry is not None:
-                counts["failed"] = len(outcome.carry.failed)
+                counts["failed"] = outcome.failed
                 ids = event.data.workflow_ids
                 for index in sorted(outcome.carry.failed):
                     log.info("workflow.failed", workflow_id=ids[index], reason=outcome.reason)

@@ -78,12 +78,14 @@ class Publisher:
         """Park a copy of `original` in a delay queue (through the default exchange)."""
         await self._confirmed(self._channel.default_exchange, copy_message(original, headers, drop), queue)
 
-    async def to_input(self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue]) -> None:
+    async def to_input(
+        self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
+    ) -> None:
         """A continuation copy of `original`, straight back to the input queue its headers name
         (through the requeue exchange, so the state it carries is trusted)."""
         if self._requeue is None:
             raise PublishRefused("no requeue exchange on this publisher")
-        await self._confirmed(self._requeue, copy_message(original, headers), "")
+        await self._confirmed(self._requeue, copy_message(original, headers, drop), "")
 
     async def to_dead_letter(
         self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
@@ -124,7 +126,7 @@ def copy_message(
     original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: Collection[str] = ()
 ) -> aio_pika.Message:
     """The same body and properties, persistent, with `headers` merged over the original ones
-    (and without those in `drop`, or whose new value is None)."""
+    (and without those in `drop`)."""
     merged = {k: _encodable(v) for k, v in (original.headers or {}).items() if k not in drop}
     merged.update(headers)
     return aio_pika.Message(

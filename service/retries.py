@@ -69,23 +69,20 @@ class Delivery:
     @classmethod
     def of(cls, message: AbstractIncomingMessage, now_ms: int, requeue_exchange: str) -> Delivery:
         """Retry state is trusted only on the service's own copies: those arrive through the
-        requeue exchange. The same headers on a message a producer published are ignored, and
-        no header value, however malformed, raises here."""
-        try:
-            headers = message.headers or {}
-            if not isinstance(headers, dict) or HEADER_QUEUE not in headers:
-                return cls(attempt=1, first_seen_ms=now_ms)
-            if message.exchange != requeue_exchange:
-                return cls(attempt=1, first_seen_ms=now_ms)
-            return cls(
-                attempt=min(_int(headers.get(HEADER_ATTEMPTS)), 1_000_000) + 1,
-                first_seen_ms=_int(headers.get(HEADER_FIRST_SEEN)) or now_ms,
-                done_header=headers.get(HEADER_DONE),
-                failed_header=headers.get(HEADER_FAILED),
-                not_before_ms=header_int(headers.get(HEADER_NOT_BEFORE)),
-            )
-        except Exception:  # noqa: BLE001  # a header no reader expected: start afresh, never jam the message
+        requeue exchange. The same headers on a message a producer published are ignored. The
+        readers (`header_int`, `decode_done`) take any value, so no malformed header raises."""
+        headers = message.headers or {}
+        if not isinstance(headers, dict) or HEADER_QUEUE not in headers:
             return cls(attempt=1, first_seen_ms=now_ms)
+        if message.exchange != requeue_exchange:
+            return cls(attempt=1, first_seen_ms=now_ms)
+        return cls(
+            attempt=_int(headers.get(HEADER_ATTEMPTS)) + 1,
+            first_seen_ms=_int(headers.get(HEADER_FIRST_SEEN)) or now_ms,
+            done_header=headers.get(HEADER_DONE),
+            failed_header=headers.get(HEADER_FAILED),
+            not_before_ms=header_int(headers.get(HEADER_NOT_BEFORE)),
+        )
 
 
 _MAX_HEADER_INT = 2**62  # what comes back is written again as a signed 64-bit AMQP integer

@@ -229,7 +229,6 @@ def test_a_copy_back_before_its_time_is_parked_again() -> None:
     assert isinstance(parked, HandOff)
     assert (parked.reason, parked.delay_s) == ("not_due", 6.0)
     assert not_due(10_000, 9_950, carry) is None
-    assert not_due(None, 0, carry) is None
 
 
 def test_an_internal_error_retries_then_dead_letters_the_unsettled() -> None:

@@ -64,8 +64,8 @@ class FakePublisher:
             raise PublishRefused("unroutable")
         self.copies.append((kind, target, headers, drop))
 
-    async def to_input(self, _original: object, headers: dict[str, Any]) -> None:
-        self._record("input", None, headers, ())
+    async def to_input(self, _original: object, headers: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
+        self._record("input", None, headers, drop)
 
     async def to_delay_queue(
         self, _original: object, queue: str, headers: dict[str, Any], drop: tuple[str, ...] = ()
@@ -133,8 +133,9 @@ async def test_continuations_go_straight_back_without_counting_an_attempt(outcom
     """HandOff and CredentialsRejected: a continuation to the input queue, same attempt, then ack."""
     result, message, publisher = await settle(outcome)
     assert (result, message.actions) == ("retried", [("ack", None)])
-    [(kind, _queue, headers, _drop)] = publisher.copies
+    [(kind, _queue, headers, drop)] = publisher.copies
     assert kind == "input"
+    assert HEADER_NOT_BEFORE in drop  # a past park's due time does not travel on
     assert (headers[HEADER_ATTEMPTS], headers[HEADER_DONE], headers[HEADER_QUEUE]) == (1, "3:1", QUEUE)
 
 
