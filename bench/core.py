@@ -1,4 +1,4 @@
-"""The service's own per-event cost, without the broker or HTTP: `Processor.process` in one process.
+"""The service's own per-event cost, without the broker or HTTP: `Intake.process` in one process.
 
 Everything the worker does for one event except the I/O: delivery headers, parsing, the core,
 the lane (terminal cache, slots, pacer), the client's reading of the answer (rate-limit headers,
@@ -28,12 +28,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from service import logs
-from service.app import build_capacity
+from service.app import build_gateway
+from service.broker.intake import Intake
+from service.broker.publisher import Publisher
 from service.config import Settings
-from service.metrics import Metrics
-from service.processing import Processor
-from service.transport import AiohttpAnswer
+from service.dialnexa.http import Answer
+from service.observe import logs
+from service.observe.metrics import Metrics
 
 _HEADERS = CIMultiDictProxy(CIMultiDict([("Content-Type", "application/json"), ("Content-Length", "74")]))
 WARM_UP = 500
@@ -43,25 +44,27 @@ _ANSWER = b'{"id":"wf_1","status":"cancelled","cancelled_at":"2026-11-29T18:00:0
 class InstantHttp:
     """Every call answers 200 at once, as the simulator does at zero latency."""
 
-    async def request(self, method: str, path: str) -> AiohttpAnswer:
-        return AiohttpAnswer(200, _HEADERS, _ANSWER, "OK")
+    async def request(self, method: str, path: str) -> Answer:
+        return Answer(200, _HEADERS, _ANSWER, "OK")
 
     async def aclose(self) -> None:
         return None
 
 
-class InstantPublisher:
-    """Every publish is confirmed at once; counted, so a run can show it took the success path."""
+class InstantPublisher(Publisher):
+    """The service's publisher, building each outbound event as it does, whose every publish is
+    confirmed at once; counted, so a run can show it took the success path."""
 
     def __init__(self) -> None:
+        super().__init__(None, None, None, output_routing_key="workflow-cancelled", timeout_s=1.0)  # type: ignore[arg-type]
         self.published = 0
 
-    async def workflow_cancelled(self, body: bytes, event_id: str, confirmed_at: datetime) -> None:
+    async def _publish_cancelled(self, body: bytes, event_id: str, confirmed_at: datetime) -> None:
         self.published += 1
 
 
 class Delivered:
-    """The parts of an aio-pika incoming message the processor reads, for one campaign-ended event."""
+    """The parts of an aio-pika incoming message the intake reads, for one campaign-ended event."""
 
     __slots__ = ("body", "content_type", "exchange", "headers", "message_id", "routing_key")
 
@@ -83,20 +86,20 @@ class Delivered:
 
 
 async def measure(events: int, rounds: int, publisher: InstantPublisher | None = None) -> list[float]:
-    """CPU µs per event of `Processor.process`, one figure per round of `events` new events."""
+    """CPU µs per event of `Intake.process`, one figure per round of `events` new events."""
     settings = Settings(_env_file=None, dialnexa_api_key=SecretStr("key_1:s3cret"))  # type: ignore[call-arg]
     logs.configure("WARNING", "json")  # as the benchmarks run the worker
     metrics = Metrics.build(CollectorRegistry())
-    processor = Processor(settings, build_capacity(settings, InstantHttp(), metrics), metrics)
+    intake = Intake(settings, build_gateway(settings, InstantHttp(), metrics), metrics)
     publisher = publisher or InstantPublisher()
     for n in range(WARM_UP):  # warm-up: caches, metric children, lazily built validators
-        await processor.process(Delivered(n), publisher, "q")  # type: ignore[arg-type]
+        await intake.process(Delivered(n), publisher, "q")  # type: ignore[arg-type]
     figures = []
     for round_ in range(rounds):
         batch = [Delivered(events * (round_ + 1) + n) for n in range(events)]
         started = time.process_time()
         for message in batch:
-            await processor.process(message, publisher, "q")  # type: ignore[arg-type]
+            await intake.process(message, publisher, "q")  # type: ignore[arg-type]
         figures.append((time.process_time() - started) / events * 1e6)
     return figures
 

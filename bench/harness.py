@@ -226,7 +226,7 @@ class Trial:
 
     async def __aenter__(self) -> Trial:
         # The service's own declaration, so queue arguments match and the worker's declare succeeds.
-        from service import topology
+        from service.broker import topology
         from service.config import Settings
 
         settings = Settings(dialnexa_api_key=API_KEY, **self.names)  # type: ignore[arg-type]

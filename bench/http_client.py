@@ -69,11 +69,11 @@ async def bench_client(name: str, base_url: str, seconds: float, concurrency: in
     elif name == "service":
         from pydantic import SecretStr
 
-        from service.dialnexa import build_http_client
+        from service.dialnexa.http import AiohttpSession
 
-        http = build_http_client(
-            base_url=base,
-            api_key=SecretStr("sim_key:sim_secret"),
+        http = AiohttpSession(
+            base,
+            SecretStr("sim_key:sim_secret"),
             connect_timeout_s=5,
             read_timeout_s=15,
             max_connections=concurrency,

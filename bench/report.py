@@ -329,9 +329,9 @@ def _a(meta: dict[str, Any], a: dict[str, Any]) -> str:
     out.append(
         "Service defaults: "
         + ", ".join(f"`{k}={v}`" for k, v in defaults.items() if v is not None)
-        + ". `CANCELLER_HTTP_TRANSPORT`: `aiohttp` = aiohttp directly, answers read without httpx "
-        "objects (`service/transport.py`), `httpx-aiohttp` = httpx's API over httpx-aiohttp's "
-        "`AiohttpTransport`, `httpx` = httpx's API over its own transport (httpcore). Single runs of a "
+        + ". The one HTTP path is aiohttp directly, answers read without httpx objects "
+        "(`service/dialnexa/http.py`); the HTTP micro-benchmark below compares it with httpx's API over "
+        "its own transport and over httpx-aiohttp's. Single runs of a "
         "smaller backlog: on this VM the same configuration varies by 10–20 % from run to run, so only "
         "larger gaps mean anything; compare with the runs above.\n"
     )
@@ -363,7 +363,7 @@ def _a(meta: dict[str, Any], a: dict[str, Any]) -> str:
     labels = {
         "httpx": "httpx, default transport (httpcore)",
         "httpx-aiohttp": "httpx over httpx-aiohttp's `AiohttpTransport`",
-        "service": "the service's own session (`build_http_client`, default `aiohttp` path)",
+        "service": "the service's own session (`AiohttpSession`, its one HTTP path)",
         "aiohttp": "raw aiohttp `ClientSession`",
     }
     out.append(

@@ -357,9 +357,9 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
         )
         raw.append(await guarded(f"a raw run {run + 1}", lambda: drain_trial(ctx, "raw", cfg.a_events)))
     matrix = []
-    for transport in setting_choices("http_transport", ("aiohttp", "httpx")):
+    for transport in ("aiohttp",):  # the one HTTP path; bench.http_client compares the others
         for loop in setting_choices("event_loop", ("uvloop", "asyncio")):
-            env = {"CANCELLER_HTTP_TRANSPORT": transport, "CANCELLER_EVENT_LOOP": loop}
+            env = {"CANCELLER_EVENT_LOOP": loop}
             result = await guarded(
                 f"a matrix {transport}/{loop}",
                 partial(drain_trial, ctx, "service", cfg.a_matrix_events, env=env),
@@ -381,7 +381,7 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
         if s.get("events_per_s") and r.get("events_per_s")
     ]
     result = {
-        "service_defaults": {k: setting_default(k) for k in ("http_transport", "event_loop", "concurrency")},
+        "service_defaults": {k: setting_default(k) for k in ("event_loop", "concurrency")},
         "service": service,
         "raw": raw,
         "matrix": matrix,

@@ -492,8 +492,9 @@ def schedule(config: ChaosConfig) -> list[tuple[float, str]]:
 async def _declare(url: str) -> list[str]:
     """The service's topology (with the drill's delays) and the output collection queue; returns
     the queues that must be empty at the end."""
-    from service import topology
+    from service.broker import topology
     from service.config import Settings
+    from service.retry import delay_steps_s
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
@@ -508,7 +509,7 @@ async def _declare(url: str) -> list[str]:
         await outputs.bind(settings.output_exchange, settings.output_routing_key)
     finally:
         await connection.close()
-    delays = [settings.delay_queue_name(s) for s in topology.delay_steps_s(settings)]
+    delays = [settings.delay_queue_name(s) for s in delay_steps_s(settings.retry_delays)]
     return [*settings.input_queues, *delays]
 
 

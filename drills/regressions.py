@@ -4,7 +4,7 @@
 
 1. `closed-channel-publish`: a broker cut closes the publisher's channel while messages are in
    flight; publishing on it raises aiormq's `ChannelInvalidStateError`, a `RuntimeError` that
-   `service.processing.BROKER_ERRORS` does not include. The worker then logs the cut as
+   `service.broker.intake.BROKER_ERRORS` does not include. The worker then logs the cut as
    `event.internal_error` and the settle step's exception escapes the message task.
 2. `cut-during-setup`: a broker cut after the worker connected but before it consumes (while it
    declares its topology and opens channels) makes `connection.channel()` raise a plain
@@ -32,8 +32,8 @@ from drills.common import API_KEY, HOST, Vhost, free_port, wait_for
 
 async def closed_channel_publish(vhost: Vhost) -> str | None:
     """None when publishing on a channel closed by a cut raises an error the worker treats as one."""
-    from service.processing import BROKER_ERRORS
-    from service.publisher import Publisher
+    from service.broker.connection import BROKER_ERRORS
+    from service.broker.publisher import Publisher
 
     connection = await aio_pika.connect(vhost.url)
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -42,7 +42,7 @@ async def closed_channel_publish(vhost: Vhost) -> str | None:
     await vhost.close_all_connections("regressions")
     await wait_for(lambda: channel.is_closed, timeout_s=10, what="the cut reaching the client")
     try:
-        await publisher.workflow_cancelled(b"{}", "id", datetime.now(UTC))
+        await publisher._publish_cancelled(b"{}", "id", datetime.now(UTC))  # the raw publish is the point
     except BROKER_ERRORS:
         return None
     except Exception as error:  # noqa: BLE001  # the point: which errors escape the broker-error net
@@ -55,7 +55,8 @@ async def closed_channel_publish(vhost: Vhost) -> str | None:
 
 async def cut_during_setup(vhost: Vhost) -> str | None:
     """None when the worker survives a cut during its session setup and keeps running."""
-    from service import app, topology
+    from service import app
+    from service.broker import topology
     from service.config import Settings
     from service.simulator import SimConfig, Simulator, start_simulator
 

@@ -151,7 +151,7 @@ def event_body(rng: random.Random, tag: str, n: int) -> tuple[str, bytes]:
 
 async def _declare(url: str) -> None:
     """The service's own topology (so the worker's declaration matches) plus a bounded output sink."""
-    from service import topology
+    from service.broker import topology
     from service.config import Settings
 
     connection = await connect(url)

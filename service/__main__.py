@@ -9,47 +9,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from . import app, logs
-from .config import CommonSettings, Settings, describe_errors, secret_values
-from .metrics import version
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One subcommand: its settings class, how it adds its arguments, and what it runs.
-
-    `run(args, settings)` returns the exit code. `serves` commands log JSON to stdout like the
-    worker; the others print their answer on stdout and keep library log lines quiet.
-    """
-
-    help: str
-    settings: type[CommonSettings]
-    run: Callable[[argparse.Namespace, Any], int]
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    serves: bool = False
+from .cli import EXIT_OK, EXIT_USAGE, Command, run_until_signal
+from .config import Settings, describe_errors, secret_values
+from .observe import logs
+from .observe.metrics import version
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Consume and cancel until SIGTERM or SIGINT."""
+    from . import app
 
-    app.run_until_signal(settings, lambda stop: app.run(settings, REGISTRY, stop))
+    run_until_signal(settings, lambda stop: app.run(settings, REGISTRY, stop))
     return EXIT_OK
 
 
 def commands() -> dict[str, Command]:
     """Every subcommand by name (imported lazily, so `run` loads nothing it does not use)."""
-    from . import ingress, ops
+    from . import ingress
+    from .ops import commands as ops
 
     return {
         "run": Command(
@@ -89,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         for line in describe_errors(error):
             print(f"configuration error: {line}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     if command.serves:
         logs.configure(settings.log_level, settings.log_format, secrets=secret_values(settings))
     else:

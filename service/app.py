@@ -1,28 +1,27 @@
-"""Composition root and lifecycle.
-
-Builds every object once, runs the worker until a signal, then closes in reverse order of
-creation: broker (after the bounded drain), the HTTP endpoints, the DialNexa client.
+"""The worker's composition root: builds every object once, runs until `stop`, then closes in
+reverse order of creation: broker (after the bounded drain), the HTTP endpoints, the DialNexa
+session. Nothing else in the package imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import signal
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import stamina.instrumentation
 import structlog
 from prometheus_client import CollectorRegistry
 
-from .capacity import Capacity, PacedAdmission, Slots, TerminalCache
-from .config import CommonSettings, Settings
-from .consumer import Worker
-from .dialnexa import DialNexaClient, HttpSession, RateLimit, build_http_client
-from .health import Readiness, build_app, start_server
-from .metrics import Metrics
-from .pacing import Pacer
+from .broker.worker import Worker
+from .config import Settings
+from .dialnexa.client import DialNexaClient
+from .dialnexa.gateway import Gateway, TerminalCache
+from .dialnexa.http import AiohttpSession
+from .observe.metrics import Metrics
+from .observe.probes import Readiness, build_app, start_server
+from .ratelimit.admission import PacedAdmission, Slots
+from .ratelimit.pacer import Pacer
 
 log = structlog.get_logger("workflow_canceller.app")
 
@@ -44,29 +43,20 @@ def retry_hook(metrics: Metrics) -> stamina.instrumentation.RetryHook:
     return on_retry
 
 
-def build_capacity(settings: Settings, http: HttpSession, metrics: Metrics) -> Capacity:
-    """The DialNexa client with its pacer, in-flight slots and terminal cache."""
+def build_gateway(settings: Settings, http: AiohttpSession, metrics: Metrics) -> Gateway:
+    """The DialNexa client with its pacer, in-flight slots, admission and terminal cache."""
     pacer = Pacer(
         reserve_share=settings.complaint_reserved_budget,
         max_rps=settings.dialnexa_max_rps,
         reorder_slack=settings.concurrency,
     )
-
-    def on_rate_limit(info: RateLimit) -> None:
-        pacer.observe(info)
-        if info.remaining is not None:
-            metrics.rate_limit_remaining.set(info.remaining)
-        metrics.pace.set(pacer.pace_rps() or 0.0)
-
-    client = DialNexaClient(
-        http, metrics, on_rate_limit=on_rate_limit, max_wait_s=settings.max_rate_limit_wait_s
-    )
+    client = DialNexaClient(http, metrics, max_wait_s=settings.max_rate_limit_wait_s)
     # Campaign workflows admitted at once: what the pace finishes while a call may still start.
     # Until the API tells the pace, two rounds of the in-flight slots.
     admission = PacedAdmission(pacer, settings.start_window_s, unpaced=2 * settings.concurrency)
     metrics.admitted_workflows.set_function(lambda: admission.in_flight)
     metrics.rate_limit_pause.set_function(pacer.blocked_for)
-    return Capacity(
+    return Gateway(
         client,
         pacer,
         Slots(settings.concurrency, settings.reserved_slots),
@@ -76,15 +66,14 @@ def build_capacity(settings: Settings, http: HttpSession, metrics: Metrics) -> C
     )
 
 
-def http_session(settings: Settings, connections: int) -> HttpSession:
+def http_session(settings: Settings, connections: int) -> AiohttpSession:
     """The DialNexa session the settings describe, with at most `connections` connections."""
-    return build_http_client(
-        base_url=str(settings.dialnexa_base_url),
-        api_key=settings.dialnexa_api_key,
+    return AiohttpSession(
+        str(settings.dialnexa_base_url),
+        settings.dialnexa_api_key,
         connect_timeout_s=settings.http_connect_timeout_s,
         read_timeout_s=settings.http_read_timeout_s,
         max_connections=connections,
-        kind=settings.http_transport,
     )
 
 
@@ -106,38 +95,6 @@ def settle_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def run_until_signal(settings: CommonSettings, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `serve(stop)` on the chosen event loop until SIGTERM or SIGINT sets `stop`.
-
-    uvloop when CANCELLER_EVENT_LOOP=uvloop, else asyncio's own loop (docs/benchmarks.md).
-    """
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_signal_handlers(stop)
-        await serve(stop)
-
-    loop_factory = None
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(main())
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT set `stop`: intake ends, in-flight work drains, the process exits 0."""
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _on_signal, stop, signum)
-
-
-def _on_signal(stop: asyncio.Event, signum: int) -> None:
-    log.info("service.stopping", signal=signal.Signals(signum).name)
-    stop.set()
-
-
 async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Event) -> None:
     """Run the worker until `stop` is set; return once everything is closed."""
     metrics = Metrics.build(registry)
@@ -146,26 +103,29 @@ async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Eve
     async with AsyncExitStack() as stack:
         http = http_session(settings, settings.concurrency)
         stack.push_async_callback(http.aclose)
-        capacity = build_capacity(settings, http, metrics)
+        gateway = build_gateway(settings, http, metrics)
 
         def rate_limited() -> str | None:
             """Not ready while DialNexa has told us to wait longer than a quick retry would."""
-            wait_s = capacity.pacer.blocked_for()
+            wait_s = gateway.pacer.blocked_for()
             if wait_s > settings.max_retry_after_wait_s:
                 return f"dialnexa rate limit: no calls for another {wait_s:.0f} s"
             return None
 
         readiness = Readiness(settings.input_queues, metrics, held_back=rate_limited)
-        runner = await start_server(build_app(readiness, registry), settings.http_host, settings.http_port)
+        runner = await start_server(
+            build_app(readiness.report, registry), settings.http_host, settings.http_port
+        )
         stack.push_async_callback(runner.cleanup)
-        worker = Worker(settings, capacity, metrics, readiness)
+        worker = Worker(settings, gateway, metrics, readiness)
+        if settings.http_transport != "aiohttp":
+            log.warning("settings.ignored", setting="CANCELLER_HTTP_TRANSPORT", value=settings.http_transport)
         log.info(
             "service.started",
             http_port=settings.http_port,
             dialnexa_base_url=str(settings.dialnexa_base_url),
             concurrency=settings.concurrency,
             reserved_slots=settings.reserved_slots,
-            http_transport=settings.http_transport,
             event_loop=settings.event_loop,
             retry_delays_s=list(settings.retry_delays),
         )

@@ -1,4 +1,6 @@
-"""Settings: one object read from `CANCELLER_*` environment variables (and a `.env` file).
+"""Settings: read from `CANCELLER_*` environment variables (and a `.env` file), one class per kind
+of process: `CommonSettings` (every command), `Settings` (the worker: DialNexa's key and calling
+it), `WebhookSettings` (`sign`) and `IngressSettings` (the webhook ingress).
 
 Durations carry a unit suffix (`_s`). Secrets are `SecretStr` from end to end: the API key and the
 broker URL (it holds the broker password) are only unwrapped where they are used.
@@ -6,6 +8,9 @@ broker URL (it holds the broker password) are only unwrapped where they are used
 
 from __future__ import annotations
 
+import base64
+import binascii
+import importlib.util
 import ipaddress
 import ssl
 from pathlib import Path
@@ -24,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .core.events import WORKFLOW_ID_PATTERN
 
 ENV_PREFIX = "CANCELLER_"
 
@@ -77,9 +84,11 @@ class CommonSettings(BaseSettings):
     # still finds what the previous delivery learned.
     terminal_cache_size: int = Field(default=20_000, ge=0, le=10_000_000)
     terminal_cache_ttl_s: PositiveSeconds = 1_800.0
-    # How requests reach DialNexa and the event loop: chosen by measurement (docs/performance.md).
+    # Kept so existing environments still start: there is one HTTP path (aiohttp, chosen by
+    # measurement, docs/performance.md); the other two values are accepted and logged as ignored.
     http_transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
-    # uvloop measured 0-6 % faster here, within the run-to-run spread: asyncio's own loop is the default.
+    # uvloop measured 0-6 % faster here, within the run-to-run spread: asyncio's own loop is the
+    # default, and uvloop needs the `uvloop` extra installed (`pip install workflow-canceller[uvloop]`).
     event_loop: Literal["uvloop", "asyncio"] = "asyncio"
     max_body_bytes: int = Field(default=512 * 1024, ge=1_024, le=64 * 1024 * 1024)
 
@@ -104,9 +113,7 @@ class CommonSettings(BaseSettings):
     # carries what is done; that costs one confirmed publish per held message per 5 minutes.
     max_hold_s: float = Field(default=300.0, ge=1, le=86_400)
     # The workflow id read to check whether a rejected API key works again (404 means it does).
-    auth_probe_workflow_id: str = Field(
-        default="wf_canceller_auth_probe", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
-    )
+    auth_probe_workflow_id: str = Field(default="wf_canceller_auth_probe", pattern=WORKFLOW_ID_PATTERN)
     auth_probe_initial_s: PositiveSeconds = 1.0
     auth_probe_max_s: PositiveSeconds = 60.0
 
@@ -168,6 +175,16 @@ class CommonSettings(BaseSettings):
         except ValidationError:
             raise ValueError("must be an amqp:// or amqps:// URL with a host (value not shown)") from None
         return value
+
+    @model_validator(mode="after")
+    def _check_event_loop(self) -> Self:
+        """uvloop is an optional extra: say so at start, not with an ImportError."""
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError(
+                f"{ENV_PREFIX}EVENT_LOOP: uvloop is not installed (install the `uvloop` extra:"
+                " pip install 'workflow-canceller[uvloop]')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_transport_security(self) -> Self:
@@ -293,6 +310,90 @@ class Settings(CommonSettings):
         key_id, sep, secret = value.get_secret_value().partition(":")
         if not (key_id and sep and secret) or any(c.isspace() for c in value.get_secret_value()):
             raise ValueError("must be of the form key_id:secret (value not shown)")
+        return value
+
+
+# --- webhook secrets: `whsec_<base64>` (Standard Webhooks) ---------------------------------------
+
+SECRET_PREFIX = "whsec_"  # noqa: S105  # the format's prefix, not a secret
+SECRETS_VARIABLE = f"{ENV_PREFIX}WEBHOOK_SECRETS"
+# Standard Webhooks asks for secrets of 24 to 64 random bytes.
+MIN_SECRET_BYTES = 24
+
+
+def secret_key(secret: str) -> bytes:
+    """The key bytes of a `whsec_<base64>` secret; `ValueError` (never showing the value) if malformed."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"must start with {SECRET_PREFIX}")
+    payload = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"is not base64 after {SECRET_PREFIX}") from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"decodes to {len(key)} bytes; at least {MIN_SECRET_BYTES} are required")
+    return key
+
+
+def split_secrets(value: object) -> object:
+    """`whsec_a,whsec_b` (the documented form) as a tuple; blanks around and between are dropped."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def parse_secrets(text: str) -> tuple[SecretStr, ...]:
+    """Comma-separated secrets, each checked (`ValueError` naming the entry, never its value)."""
+    return check_secrets(tuple(SecretStr(part.strip()) for part in text.split(",") if part.strip()))
+
+
+def check_secrets(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    """Each secret is well-formed; the error names its position, never its value."""
+    for position, secret in enumerate(secrets, start=1):
+        try:
+            secret_key(secret.get_secret_value())
+        except ValueError as error:
+            raise ValueError(f"entry {position} of {len(secrets)} {error} (value not shown)") from None
+    return secrets
+
+
+class WebhookSettings(CommonSettings):
+    """What `sign` reads: the common settings and, optionally, the webhook secrets."""
+
+    # Comma-separated `whsec_<base64>` secrets; several at once while one is rotated.
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        """Accept `whsec_a,whsec_b` (the documented form) as well as a sequence."""
+        return split_secrets(value)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _check_secrets(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        """Each secret is `whsec_` + base64 of at least 24 bytes; values are never shown."""
+        return check_secrets(value)
+
+
+class IngressSettings(WebhookSettings):
+    """Everything `ingress` reads: the common settings, the secrets (required) and its HTTP side."""
+
+    # Several at once while a secret is rotated: a request signed with any of them is accepted.
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode]
+    ingress_port: int = Field(default=8081, ge=1, le=65_535)
+    ingress_host: str = "0.0.0.0"  # noqa: S104  # CRMs, the probes and Prometheus reach the pod from outside
+    # Told to senders with every 503.
+    ingress_retry_after_s: int = Field(default=5, ge=1, le=3_600)
+    # webhook-ids remembered for replay detection (per process, for twice the signature tolerance).
+    webhook_replay_cache_size: int = Field(default=100_000, ge=0, le=10_000_000)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _need_one(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        """An ingress without a secret could verify nothing."""
+        if not value:
+            raise ValueError("at least one whsec_ secret is required")
         return value
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
-from service.dialnexa import CancelResult, DialNexaError
+from service.core.ports import CancelResult, DialNexaError
 
 Answer = CancelResult | DialNexaError
 
@@ -30,11 +30,21 @@ class FakeApi:
         return answer
 
 
+class Announcing:
+    """An `Announcer` that hands each result to `fn` (to refuse it, or to move a clock)."""
+
+    def __init__(self, fn: Callable[[CancelResult], Awaitable[None]]) -> None:
+        self._fn = fn
+
+    async def workflow_cancelled(self, trigger: object, result: CancelResult) -> None:
+        await self._fn(result)
+
+
 class Sink:
-    """Collects what the core emits."""
+    """The core's `Announcer`: collects what the core announces."""
 
     def __init__(self) -> None:
         self.emitted: list[CancelResult] = []
 
-    async def __call__(self, result: CancelResult) -> None:
+    async def workflow_cancelled(self, trigger: object, result: CancelResult) -> None:
         self.emitted.append(result)

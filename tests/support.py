@@ -1,4 +1,5 @@
-"""Test helpers: waiting on conditions with deadlines, event builders, a broker probe."""
+"""Test helpers: waiting on conditions with deadlines, event builders, a broker probe, and the
+DialNexa client's seam (`MockSession`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,38 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from service.dialnexa.http import Answer, ConnectError, NetworkError, ReadTimeout, RemoteProtocolError
+
 Condition = Callable[[], bool | Awaitable[bool]]
+Handler = Callable[[httpx.Request], httpx.Response]
+_FAILURES = {cls.__name__: cls for cls in (ConnectError, ReadTimeout, RemoteProtocolError)}
+
+
+class MockSession:
+    """The DialNexa client's `HttpSession` answered by `handler`, a function from request to
+    response as httpx's `MockTransport` takes; an httpx transport error it raises becomes the
+    session failure of the same name (`NetworkError` for the rest)."""
+
+    def __init__(
+        self, handler: Handler, base_url: str = "https://api.example.test/v1", api_key: str = "key_1:s3cret"
+    ) -> None:
+        self._handler = handler
+        self._base_url = base_url.rstrip("/") + "/"
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+
+    async def request(self, method: str, path: str) -> Answer:
+        request = httpx.Request(method, self._base_url + path, headers=self._headers)
+        try:
+            response = self._handler(request)
+        except httpx.TransportError as error:
+            raise _FAILURES.get(type(error).__name__, NetworkError)(str(error)) from error
+        return Answer(response.status_code, response.headers, response.read(), response.reason_phrase)
+
+    async def aclose(self) -> None:
+        return None
 
 
 async def wait_until(condition: Condition, *, timeout_s: float = 10.0, what: str = "condition") -> None:

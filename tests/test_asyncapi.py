@@ -14,8 +14,8 @@ import orjson
 import pytest
 import yaml
 
-from service import asyncapi
-from service.events import WorkflowCancelled, workflow_cancelled
+from scripts import asyncapi
+from service.core.events import WorkflowCancelled, workflow_cancelled
 from tests.support import campaign, complaint
 
 ROOT = Path(__file__).resolve().parent.parent

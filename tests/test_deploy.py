@@ -23,7 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from service.ingress import IngressMetrics
-from service.metrics import Metrics
+from service.observe.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy/grafana/dashboard.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 from collections.abc import Callable
@@ -13,25 +12,21 @@ import httpx
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
-from service import logs
-from service.dialnexa import (
+from service.core.ports import (
     AuthError,
     CancelResult,
-    DialNexaClient,
-    DialNexaError,
-    RateLimit,
     RateLimitedError,
     RejectedError,
     ServerError,
     TransportError,
-    build_http_client,
-    parse_reset,
-    parse_retry_after,
 )
-from service.logs import encodable
-from service.metrics import Metrics
+from service.dialnexa.client import DialNexaClient
+from service.observe import logs
+from service.observe.logs import valid_utf8
+from service.observe.metrics import Metrics
+from service.ratelimit.headers import RateLimit, parse_reset, parse_retry_after
+from tests.support import MockSession
 
 Handler = Callable[[httpx.Request], httpx.Response]
 WORKFLOW = {
@@ -43,20 +38,10 @@ WORKFLOW = {
 }
 
 
-def client(
-    handler: Handler, on_rate_limit: Callable[[RateLimit], None] | None = None
-) -> tuple[DialNexaClient, Metrics]:
+def client(handler: Handler) -> tuple[DialNexaClient, Metrics]:
     """A client whose every request is answered by `handler`, with fresh metrics."""
     metrics = Metrics.build(CollectorRegistry())
-    http = build_http_client(
-        base_url="https://api.example.test/v1",
-        api_key=SecretStr("key_1:s3cret"),
-        connect_timeout_s=1,
-        read_timeout_s=1,
-        max_connections=4,
-        transport=httpx.MockTransport(handler),
-    )
-    return DialNexaClient(http, metrics, on_rate_limit), metrics
+    return DialNexaClient(MockSession(handler), metrics), metrics
 
 
 def answer(status: int, body: object = None, **headers: str) -> Handler:
@@ -171,13 +156,11 @@ def test_rate_limit_reset_in_both_readings() -> None:
 
 @pytest.mark.parametrize("status", [200, 429, 503])
 async def test_rate_limit_headers_reach_the_pacer(status: int) -> None:
-    """Every answer's X-RateLimit headers, success or error, are handed to the pacing callback."""
+    """Every answer's X-RateLimit headers, success or error, come back with the reply for the pacer."""
     headers = {"X-RateLimit-Limit": "150", "X-RateLimit-Remaining": "149", "X-RateLimit-Reset": "60"}
-    seen: list[RateLimit] = []
-    api, _ = client(answer(status, WORKFLOW, **headers), on_rate_limit=seen.append)
-    with contextlib.suppress(DialNexaError):
-        await api.cancel("wf_1")
-    assert seen == [RateLimit(limit=150, remaining=149, reset_after_s=60)]
+    api, _ = client(answer(status, WORKFLOW, **headers))
+    reply = await api.send_cancel("wf_1")
+    assert reply.rate_limit == RateLimit(limit=150, remaining=149, reset_after_s=60)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +198,7 @@ async def test_error_text_with_a_lone_surrogate_is_made_encodable() -> None:
         await api.cancel("wf_1")
     with pytest.raises(UnicodeEncodeError):
         str(caught.value).encode("utf-8")  # the API's text as it came
-    assert encodable(str(caught.value)) == "503: try later ?"  # what headers and log lines get
+    assert valid_utf8(str(caught.value)) == "503: try later ?"  # what headers and log lines get
     buffer = io.StringIO()
     logs.configure("INFO", "json", stream=buffer)
     try:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.events import (
+from service.core.events import (
     CampaignEnded,
     ComplaintReceived,
     InvalidEvent,

@@ -21,7 +21,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from service.events import InvalidEvent, parse
+from service.core.events import InvalidEvent, parse
 from tests.support import BrokerProbe, campaign, complaint, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]

@@ -5,30 +5,28 @@ from __future__ import annotations
 import pytest
 import stamina
 
-from service.dialnexa import (
-    AuthError,
-    CancelResult,
-    RateLimitedError,
-    RejectedError,
-    ServerError,
-    TransportError,
-)
-from service.events import CampaignEnded
-from service.handler import (
+from service.core.events import CampaignEnded
+from service.core.handle import handle, internal_error, not_due
+from service.core.outcomes import (
     Carry,
     Completed,
     CredentialsRejected,
     DeadLetter,
     HandOff,
-    PublishRefused,
     RetryLater,
-    RetryPolicy,
-    handle,
-    internal_error,
-    not_due,
 )
-from service.ports import NotStarted
-from tests.fakes import FakeApi, Sink
+from service.core.ports import (
+    AuthError,
+    CancelResult,
+    NotStarted,
+    PublishRefused,
+    RateLimitedError,
+    RejectedError,
+    ServerError,
+    TransportError,
+)
+from service.retry import RetryPolicy
+from tests.fakes import Announcing, FakeApi, Sink
 from tests.support import campaign
 
 POLICY = RetryPolicy(broker_delays_s=(1.0, 5.0), call_attempts=3)
@@ -176,7 +174,7 @@ async def test_no_call_starts_after_the_deadline() -> None:
     outcome = await handle(
         event("a", "b", "c"),
         api,
-        emit_then_time_passes,
+        Announcing(emit_then_time_passes),
         policy=POLICY,
         parallel=1,
         start_by=5.0,
@@ -247,9 +245,9 @@ async def test_refused_publish_is_transient() -> None:
     api = FakeApi()
 
     async def refuse(_result: CancelResult) -> None:
-        raise PublishRefused("unroutable")
+        raise PublishRefused("unroutable", "unroutable")
 
-    outcome = await handle(event("a"), api, refuse, policy=POLICY)
+    outcome = await handle(event("a"), api, Announcing(refuse), policy=POLICY)
     assert isinstance(outcome, RetryLater)
     assert outcome.carry.done == frozenset()
 

@@ -28,7 +28,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from standardwebhooks import Webhook
 
-from service import events, ingress, webhooks
+from service import ingress
+from service.core import events
+from service.ingress import cloudevents, signing
 from tests.support import BrokerProbe, campaign, complaint, free_port, wait_until, wf_ids
 
 pytestmark = pytest.mark.timeout(30)
@@ -370,7 +372,7 @@ async def test_signature_failures_are_counted_by_reason(start_ingress: Any) -> N
 
     counted = {
         r: server.metric("canceller_ingress_signature_failures_total", reason=r)
-        for r in webhooks.SIGNATURE_FAILURES
+        for r in signing.SIGNATURE_FAILURES
     }
     assert counted == {"missing_header": 1, "malformed_header": 1, "stale_timestamp": 1, "no_match": 1}
     async with server.http.get(f"{server.url}/metrics") as response:
@@ -531,7 +533,7 @@ def test_sign_reads_another_variable_and_prints_curl(tmp_path: Path) -> None:
 
     result = _cli(*args, "--curl", "http://127.0.0.1:8081/v1/events", env=env, cwd=tmp_path)
 
-    expected = webhooks.sign(SecretStr(OLD_SECRET), "msg_1", 1700000000, b'{"specversion": "1.0"}')
+    expected = signing.sign(SecretStr(OLD_SECRET), "msg_1", 1700000000, b'{"specversion": "1.0"}')
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("curl -sS -i -X POST http://127.0.0.1:8081/v1/events")
     assert f"'webhook-signature: {expected['webhook-signature']}'" in result.stdout
@@ -620,9 +622,9 @@ async def test_ingress_process_logs_json_without_phone_or_secret(
 
 
 @pytest.fixture
-def verifier() -> webhooks.Verifier:
+def verifier() -> signing.Verifier:
     """A verifier holding the test secret."""
-    return webhooks.Verifier([SecretStr(SECRET)])
+    return signing.Verifier([SecretStr(SECRET)])
 
 
 @pytest.mark.parametrize(
@@ -641,31 +643,31 @@ def verifier() -> webhooks.Verifier:
     ],
 )
 def test_malformed_signature_headers_fail_with_a_bounded_reason(
-    verifier: webhooks.Verifier, change: dict[str, str], reason: str
+    verifier: signing.Verifier, change: dict[str, str], reason: str
 ) -> None:
     """Whatever the headers hold, verification fails with one of the bounded reasons, never a crash."""
     body = b'{"a": 1}'
     headers = {**signed(body), **change}
-    with pytest.raises(webhooks.SignatureError) as failure:
+    with pytest.raises(signing.SignatureError) as failure:
         verifier.verify(body, headers, time.time())
     assert failure.value.reason == reason
 
 
-def test_non_utf8_body_does_not_verify(verifier: webhooks.Verifier) -> None:
+def test_non_utf8_body_does_not_verify(verifier: signing.Verifier) -> None:
     """A body that is not UTF-8 (the package raises UnicodeDecodeError) is a failed verification."""
     headers = signed(b"{}")
-    with pytest.raises(webhooks.SignatureError) as failure:
+    with pytest.raises(signing.SignatureError) as failure:
         verifier.verify(b"\xff\xfe{}", headers, time.time())
     assert failure.value.reason == "no_match"
 
 
-def test_timestamp_tolerance_is_five_minutes_both_ways(verifier: webhooks.Verifier) -> None:
+def test_timestamp_tolerance_is_five_minutes_both_ways(verifier: signing.Verifier) -> None:
     """Timestamps just inside 300 s early or late verify; 301 s off does not."""
     body, now = b"{}", int(time.time())
     for offset in (-299, 299):
         assert verifier.verify(body, signed(body, webhook_id="msg_ok", at=now + offset), now) == "msg_ok"
     for offset in (-301, 301):
-        with pytest.raises(webhooks.SignatureError, match="more than 300 seconds"):
+        with pytest.raises(signing.SignatureError, match="more than 300 seconds"):
             verifier.verify(body, signed(body, at=now + offset), now)
 
 
@@ -679,7 +681,7 @@ def test_timestamp_tolerance_is_five_minutes_both_ways(verifier: webhooks.Verifi
 )
 def test_mode_follows_the_content_type(content_type: str, headers: dict[str, str], mode: str) -> None:
     """Structured for cloudevents+json (ce-* headers or not) and plain JSON; binary for JSON with ce-*."""
-    assert webhooks.mode_of(content_type, headers) == mode
+    assert cloudevents.mode_of(content_type, headers) == mode
 
 
 @pytest.mark.parametrize(
@@ -687,8 +689,8 @@ def test_mode_follows_the_content_type(content_type: str, headers: dict[str, str
 )
 def test_other_content_types_are_unsupported(content_type: str | None) -> None:
     """Anything but the two JSON media types (including batches and no content type) is refused."""
-    with pytest.raises(webhooks.UnsupportedMediaType):
-        webhooks.mode_of(content_type, {})
+    with pytest.raises(cloudevents.UnsupportedMediaType):
+        cloudevents.mode_of(content_type, {})
 
 
 @pytest.mark.parametrize(
@@ -706,17 +708,17 @@ def test_bad_binary_mode_requests_are_invalid(
 ) -> None:
     """Binary-mode problems become InvalidEvent (a 400) with a value-free reason."""
     with pytest.raises(events.InvalidEvent, match=re.escape(reason)):
-        webhooks.from_binary(headers, body)
+        cloudevents.from_binary(headers, body)
 
 
 def test_binary_mode_without_required_attributes_fails_the_worker_validation() -> None:
     """Missing ce-id is caught by the same events.parse the worker runs, naming the field."""
-    rebuilt = webhooks.from_binary(
+    rebuilt = cloudevents.from_binary(
         [("ce-specversion", "1.0"), ("ce-source", "s"), ("ce-type", "campaign-ended")],
         json.dumps({"campaign_id": "c", "workflow_ids": ["wf_1"]}).encode(),
     )
     with pytest.raises(events.InvalidEvent, match="id: Field required"):
-        events.parse(rebuilt, webhooks.STRUCTURED, MAX_BODY)
+        events.parse(rebuilt, cloudevents.STRUCTURED, MAX_BODY)
 
 
 def test_settings_keep_secrets_secret() -> None:

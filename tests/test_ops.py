@@ -20,11 +20,11 @@ from typing import Any
 import aio_pika
 import pytest
 
-from service import dlq
 from service.config import Settings
-from service.dlq import DeadLetters, Filter, Letter
-from service.ops import duration_s
-from service.retries import HEADER_ATTEMPTS, HEADER_REASON, HEADER_REPLAYED_AT, HEADER_REPLAYS
+from service.ops import dlq
+from service.ops.commands import duration_s
+from service.ops.dlq import DeadLetters, Filter, Letter
+from service.retry import HEADER_ATTEMPTS, HEADER_REASON, HEADER_REPLAYED_AT, HEADER_REPLAYS
 from tests.support import BrokerProbe, campaign, complaint, wait_until, wf_ids
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(90)]
@@ -362,7 +362,7 @@ async def test_broker_dead_letters_at_the_delivery_limit_are_listed_and_replayed
     broker: BrokerProbe, make_settings: Any, amqp_url: str
 ) -> None:
     """A message the broker dead-letters at the delivery limit shows as `delivery-limit` and goes home."""
-    from service import topology
+    from service.broker import topology
 
     settings = make_settings(delivery_limit=1)
     connection = await aio_pika.connect(amqp_url)
@@ -400,7 +400,7 @@ async def test_odd_dead_letters_are_listed_safely(
 ) -> None:
     """A dead letter with an absurd timestamp header and a phone number or escape codes in its
     type is listed (age unknown, type `unknown`), never crashing and never printing the number."""
-    from service import topology
+    from service.broker import topology
 
     settings = make_settings()
     connection = await aio_pika.connect(amqp_url)

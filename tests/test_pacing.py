@@ -9,9 +9,11 @@ import time
 
 import pytest
 
-from service.capacity import PacedAdmission, Slots, TerminalCache
-from service.dialnexa import CancelResult, RateLimit
-from service.pacing import Pacer
+from service.core.ports import CancelResult
+from service.dialnexa.gateway import TerminalCache
+from service.ratelimit.admission import PacedAdmission, Slots
+from service.ratelimit.headers import RateLimit
+from service.ratelimit.pacer import Pacer
 
 
 class Clock:

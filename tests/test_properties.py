@@ -18,25 +18,23 @@ import httpx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
-from service.dialnexa import (
+from service.core.events import EVENT_TYPES, MAX_WORKFLOWS, CampaignEnded, InvalidEvent, parse
+from service.core.ports import (
     AuthError,
     CancelResult,
-    DialNexaClient,
     DialNexaError,
     RateLimitedError,
     RejectedError,
     ServerError,
     StatusError,
     TransportError,
-    build_http_client,
-    classify,
-    parse_rate_limit,
 )
-from service.events import EVENT_TYPES, MAX_WORKFLOWS, CampaignEnded, InvalidEvent, parse
-from service.handler import RetryPolicy
-from service.metrics import Metrics
+from service.dialnexa.client import DialNexaClient, classify
+from service.observe.metrics import Metrics
+from service.ratelimit.headers import parse_rate_limit
+from service.retry import RetryPolicy
+from tests.support import MockSession
 
 PROFILE = settings(
     derandomize=True,  # the same examples on every run: CI is reproducible
@@ -410,15 +408,8 @@ def test_client_raises_only_its_own_errors(response: httpx.Response, fail: str |
             raise failures[fail]
         return httpx.Response(response.status_code, headers=response.headers, content=response.content)
 
-    http = build_http_client(
-        base_url="https://api.example.test/v1",
-        api_key=SecretStr("key_1:s3cret"),
-        connect_timeout_s=1,
-        read_timeout_s=1,
-        max_connections=1,
-        transport=httpx.MockTransport(handler),
-    )
-    api = DialNexaClient(http, Metrics.build(CollectorRegistry()), on_rate_limit=lambda _info: None)
+    http = MockSession(handler)
+    api = DialNexaClient(http, Metrics.build(CollectorRegistry()))
     outcome = asyncio.run(_cancel_or_error(api))
     if fail is not None:
         assert isinstance(outcome, TransportError)

@@ -1,6 +1,6 @@
 """Log secrecy at every level, in exception traces too, through structlog and stdlib loggers.
 
-Real failures are raised and logged through `service.logs` exactly as configured by the worker
+Real failures are raised and logged through `service.observe.logs` exactly as configured by the worker
 (secrets from `secret_values(settings)`): an httpx error carrying a URL with credentials, a broker
 URL inside an exception, a pydantic validation error quoting a phone number, a webhook secret. No
 secret and no phone number may appear in the output, whatever the level, format or logger.
@@ -20,9 +20,10 @@ import pytest
 import structlog
 from pydantic import BaseModel, StringConstraints, ValidationError
 
-from service import logs
 from service.config import Settings, secret_values
-from service.dialnexa import TransportError, build_http_client
+from service.core.ports import TransportError
+from service.observe import logs
+from tests.support import MockSession
 
 API_KEY = "key_live_7f3a:Sup3rS3cretV4lue"
 KEY_SECRET = "Sup3rS3cretV4lue"
@@ -187,20 +188,11 @@ async def test_dialnexa_transport_error_logged_without_the_key(configured: Any, 
             f"refused: {request.headers['authorization']} {request.url}", request=request
         )
 
-    http = build_http_client(
-        base_url=f"https://user:{KEY_SECRET}@api.dialnexa.test/v1",
-        api_key=Settings(_env_file=None, dialnexa_api_key=API_KEY).dialnexa_api_key,
-        connect_timeout_s=1,
-        read_timeout_s=1,
-        max_connections=1,
-        transport=httpx.MockTransport(refuse),
-    )
+    http = MockSession(refuse, base_url=f"https://user:{KEY_SECRET}@api.dialnexa.test/v1", api_key=API_KEY)
     log = structlog.get_logger("workflow_canceller.test")
     try:
         await http.request("POST", "workflows/wf_1/cancel")
-    except httpx.TransportError as error:
-        failure = TransportError(f"{type(error).__name__}: {error}")
-        failure.__cause__ = error
+    except TransportError as failure:
         getattr(log, level.lower())("dialnexa.failed", error=failure, exc_info=failure)
     assert_clean(stream.getvalue())
 

@@ -1,4 +1,4 @@
-"""`Processor.settle`, the one place an outcome becomes a broker action: every variant against a
+"""`service.broker.settle.settle`, the one place an outcome becomes a broker action: every variant against a
 fake message and a fake publisher, no broker needed."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from service.app import build_capacity
+from service.broker.settle import settle as settle_outcome
 from service.config import Settings
-from service.handler import (
+from service.core.outcomes import (
     Abandon,
     Carry,
     Completed,
@@ -23,10 +23,9 @@ from service.handler import (
     Requeue,
     RetryLater,
 )
-from service.metrics import Metrics
-from service.ports import PublishRefused
-from service.processing import Processor
-from service.retries import (
+from service.core.ports import PublishRefused
+from service.observe.metrics import Metrics
+from service.retry import (
     HEADER_ATTEMPTS,
     HEADER_DONE,
     HEADER_FAILED,
@@ -61,7 +60,7 @@ class FakePublisher:
 
     def _record(self, kind: str, target: str | None, headers: dict[str, Any], drop: tuple[str, ...]) -> None:
         if self.refuse:
-            raise PublishRefused("unroutable")
+            raise PublishRefused("unroutable", "unroutable")
         self.copies.append((kind, target, headers, drop))
 
     async def to_input(self, _original: object, headers: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
@@ -78,11 +77,7 @@ class FakePublisher:
         self._record("dlq", None, headers, drop)
 
 
-def processor() -> Processor:
-    """A processor over a capacity whose HTTP side is never used by settle."""
-    settings = Settings(_env_file=None, dialnexa_api_key=SecretStr("key_1:s3cret"), retry_delays=(1.0, 30.0))  # type: ignore[call-arg]
-    metrics = Metrics.build(CollectorRegistry())
-    return Processor(settings, build_capacity(settings, None, metrics), metrics)  # type: ignore[arg-type]
+SETTINGS = Settings(_env_file=None, dialnexa_api_key=SecretStr("key_1:s3cret"), retry_delays=(1.0, 30.0))  # type: ignore[call-arg]
 
 
 async def settle(
@@ -91,7 +86,15 @@ async def settle(
     """Settle `outcome` for a delivery on its `attempt`-th try."""
     message, publisher = FakeMessage(), FakePublisher(refuse)
     delivery = Delivery(attempt=attempt, first_seen_ms=1_000)
-    result = await processor().settle(message, outcome, publisher, QUEUE, delivery)  # type: ignore[arg-type]
+    result = await settle_outcome(
+        message,  # type: ignore[arg-type]
+        outcome,
+        publisher=publisher,  # type: ignore[arg-type]
+        queue=QUEUE,
+        delivery=delivery,
+        settings=SETTINGS,
+        metrics=Metrics.build(CollectorRegistry()),
+    )
     return result, message, publisher
 
 

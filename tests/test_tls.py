@@ -20,7 +20,7 @@ import pytest
 import trustme
 from pydantic import ValidationError
 
-from service import broker
+from service.broker import connection
 from service.config import CommonSettings, describe_errors
 from tests.support import BrokerProbe, campaign, wait_until, wf_ids
 
@@ -150,15 +150,15 @@ async def test_connect_with_ca_and_client_certificate(
     """With the right CA and a client certificate, `broker.connect` talks AMQP through TLS."""
     proxy = await start_proxy(require_client_cert=True)
     settings = tls_settings(amqps_url(amqp_url, proxy.port), ca=pki["ca"], cert=pki["cert"], key=pki["key"])
-    connection = await broker.connect(settings, "tls-test")
+    conn = await connection.connect(settings, "tls-test")
     try:
-        channel = await connection.channel()
+        channel = await conn.channel()
         queue = await channel.declare_queue("", exclusive=True)
         await channel.default_exchange.publish(aio_pika.Message(b"over tls"), routing_key=queue.name)
         message = await queue.get(timeout=5)
         assert message is not None and message.body == b"over tls"
     finally:
-        await connection.close()
+        await conn.close()
     (subject,) = proxy.client_subjects  # one connection, with the client certificate the CA signed
     assert (("commonName", "workflow-canceller"),) in subject
 
@@ -172,7 +172,7 @@ async def test_wrong_ca_fails_certificate_verification(
         amqps_url(amqp_url, proxy.port), ca=pki["other_ca"], cert=pki["cert"], key=pki["key"]
     )
     with pytest.raises(aio_pika.exceptions.AMQPConnectionError, match="certificate verify failed") as caught:
-        await broker.connect(settings, "tls-test")
+        await connection.connect(settings, "tls-test")
     assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
     assert proxy.client_subjects == []  # the handshake never completed
 
@@ -182,7 +182,7 @@ async def test_hostname_is_verified(start_proxy: Any, pki: dict[str, Path], amqp
     proxy = await start_proxy(require_client_cert=False, names=("broker.example.test",))
     settings = tls_settings(amqps_url(amqp_url, proxy.port), ca=pki["ca"])
     with pytest.raises(aio_pika.exceptions.AMQPConnectionError, match="IP address mismatch") as caught:
-        await broker.connect(settings, "tls-test")
+        await connection.connect(settings, "tls-test")
     assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
 
 
@@ -194,7 +194,7 @@ async def test_missing_client_certificate_is_refused(
     settings = tls_settings(amqps_url(amqp_url, proxy.port), ca=pki["ca"])
     # TLS 1.3 reports the refusal after the client's side of the handshake: the broker hangs up.
     with pytest.raises(aio_pika.exceptions.AMQPConnectionError, match="unexpectedly closed"):
-        await broker.connect(settings, "tls-test")
+        await connection.connect(settings, "tls-test")
     assert proxy.client_subjects == []  # the proxy's handshake failed: nothing reached the broker
 
 

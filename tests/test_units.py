@@ -14,13 +14,12 @@ import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from service import logs
 from service.__main__ import main
 from service.app import GC_GEN0_THRESHOLD, settle_gc
 from service.config import Settings, describe_errors, secret_values
-from service.metrics import Metrics, version
-from service.retries import decode_done, encode_done
-from service.topology import delay_queue_for
+from service.observe import logs
+from service.observe.metrics import Metrics, version
+from service.retry import decode_done, delay_queue_for, encode_done
 
 
 def settings(**values: Any) -> Settings:
@@ -92,10 +91,10 @@ def test_done_header_round_trip() -> None:
 def test_delay_queue_choice() -> None:
     """The shortest delay queue that waits long enough, else the longest, saying it is too short."""
     s = settings(retry_delays="5,1,30,5")
-    assert delay_queue_for(s, 0.5) == (s.delay_queue_name(1), True)
-    assert delay_queue_for(s, 5) == (s.delay_queue_name(5), True)
-    assert delay_queue_for(s, 6) == (s.delay_queue_name(30), True)
-    assert delay_queue_for(s, 999) == (s.delay_queue_name(30), False)
+    assert delay_queue_for(s.retry_delays, s.delay_queue_name, 0.5) == (s.delay_queue_name(1), True)
+    assert delay_queue_for(s.retry_delays, s.delay_queue_name, 5) == (s.delay_queue_name(5), True)
+    assert delay_queue_for(s.retry_delays, s.delay_queue_name, 6) == (s.delay_queue_name(30), True)
+    assert delay_queue_for(s.retry_delays, s.delay_queue_name, 999) == (s.delay_queue_name(30), False)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.events import cancelled_event_id
+from service.core.events import cancelled_event_id
 from tests.support import BrokerProbe, campaign, complaint, wait_until, wf_ids
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]

@@ -21,11 +21,12 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from .. import webhooks
+from ..cli import EXIT_OK, run_until_signal
+from ..config import IngressSettings, WebhookSettings
+from . import signing
 from .http import Ingress, build_app, serve
 from .link import WEBHOOK_ID_HEADER, BrokerLink, Unavailable
 from .metrics import IngressMetrics
-from .settings import IngressSettings
 
 __all__ = [
     "WEBHOOK_ID_HEADER",
@@ -40,10 +41,6 @@ __all__ = [
 ]
 
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-
-
 def commands(command: Any) -> dict[str, Any]:
     """The ingress subcommands, built with the dispatcher's `Command` type."""
     return {
@@ -55,16 +52,14 @@ def commands(command: Any) -> dict[str, Any]:
         ),
         "sign": command(
             "print the Standard Webhooks headers (or a curl command) that sign a request body",
-            webhooks.WebhookSettings,
-            webhooks.run_sign,
-            webhooks.sign_arguments,
+            WebhookSettings,
+            signing.run_sign,
+            signing.sign_arguments,
         ),
     }
 
 
 def _run_ingress(_args: argparse.Namespace, settings: IngressSettings) -> int:
     """Serve until SIGTERM or SIGINT."""
-    from .. import app
-
-    app.run_until_signal(settings, lambda stop: serve(settings, REGISTRY, stop))
+    run_until_signal(settings, lambda stop: serve(settings, REGISTRY, stop))
     return EXIT_OK

@@ -11,18 +11,14 @@ import orjson
 import structlog
 from aiohttp import web
 from cachetools import TTLCache
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry
 
-from .. import webhooks
-from ..events import InboundEvent, InvalidEvent, parse
-from ..health import start_server
+from ..config import IngressSettings
+from ..core.events import InboundEvent, InvalidEvent, parse
+from ..observe import probes
+from . import cloudevents, signing
 from .link import BrokerLink, Unavailable
 from .metrics import IngressMetrics
-from .settings import IngressSettings
 
 log = structlog.get_logger("workflow_canceller.ingress")
 
@@ -69,7 +65,7 @@ class Ingress:
     def __init__(
         self,
         settings: IngressSettings,
-        verifier: webhooks.Verifier,
+        verifier: signing.Verifier,
         link: BrokerLink,
         metrics: IngressMetrics,
         clock: Callable[[], float] = time.time,
@@ -83,7 +79,7 @@ class Ingress:
         # minutes early: remembering each id for twice the tolerance covers the whole window.
         size = settings.webhook_replay_cache_size
         self._accepted: TTLCache[str, str] | None = (
-            TTLCache(maxsize=size, ttl=2 * webhooks.TOLERANCE_S) if size else None
+            TTLCache(maxsize=size, ttl=2 * signing.TOLERANCE_S) if size else None
         )
 
     async def events(self, request: web.Request) -> web.Response:
@@ -120,7 +116,7 @@ class Ingress:
     def _verify(self, body: bytes, request: web.Request) -> str:
         try:
             return self._verifier.verify(body, request.headers, self._clock())
-        except webhooks.SignatureError as error:
+        except signing.SignatureError as error:
             self._metrics.signature_failures.labels(error.reason).inc()
             raise Problem(401, error.reason, error.detail) from None
 
@@ -138,11 +134,11 @@ class Ingress:
         return problem.response()
 
 
-def _mode(request: web.Request) -> webhooks.Mode:
+def _mode(request: web.Request) -> cloudevents.Mode:
     """Structured or binary mode; 415 for any other content type (before the body is read)."""
     try:
-        return webhooks.mode_of(request.headers.get("Content-Type"), request.headers)
-    except webhooks.UnsupportedMediaType as error:
+        return cloudevents.mode_of(request.headers.get("Content-Type"), request.headers)
+    except cloudevents.UnsupportedMediaType as error:
         raise Problem(415, "unsupported_media_type", str(error)) from None
 
 
@@ -159,35 +155,28 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _event(mode: webhooks.Mode, body: bytes, request: web.Request, limit: int) -> tuple[bytes, InboundEvent]:
+def _event(
+    mode: cloudevents.Mode, body: bytes, request: web.Request, limit: int
+) -> tuple[bytes, InboundEvent]:
     """The structured form and the validated event (the worker's own `events.parse`); 400 or 413."""
     try:
-        structured = webhooks.structured_body(mode, body, request.headers.items())
+        structured = cloudevents.structured_body(mode, body, request.headers.items())
         if len(structured) > limit:
             detail = f"the event is {len(structured)} bytes in structured form, over the {limit}-byte limit"
             raise Problem(413, "too_large", detail)
-        return structured, parse(structured, webhooks.STRUCTURED, limit)
+        return structured, parse(structured, cloudevents.STRUCTURED, limit)
     except InvalidEvent as error:
         raise Problem(400, "invalid_event", str(error)) from None
 
 
 def build_app(ingress: Ingress, link: BrokerLink, registry: CollectorRegistry) -> web.Application:
-    """The ingress's one HTTP server: the events endpoint, probes and metrics."""
+    """The ingress's one HTTP server: the events endpoint beside the shared probes and metrics."""
 
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+    def readiness() -> tuple[bool, dict[str, object]]:
+        return link.ready, {"ready": link.ready}
 
-    async def readyz(_request: web.Request) -> web.Response:
-        return web.json_response({"ready": link.ready}, status=200 if link.ready else 503)
-
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
+    app = probes.build_app(readiness, registry)
     app.router.add_post("/v1/events", ingress.events)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -195,12 +184,12 @@ async def serve(settings: IngressSettings, registry: CollectorRegistry, stop: as
     """Run the ingress until `stop` is set: HTTP closes first (in-flight requests finish), then the broker."""
     metrics = IngressMetrics.build(registry)
     link = BrokerLink(settings, metrics)
-    ingress = Ingress(settings, webhooks.Verifier(settings.webhook_secrets), link, metrics)
+    ingress = Ingress(settings, signing.Verifier(settings.webhook_secrets), link, metrics)
     link_stop = asyncio.Event()
     async with AsyncExitStack() as stack:
         link_task = asyncio.create_task(link.run(link_stop))
         stack.push_async_callback(_stop_link, link_stop, link_task)
-        runner = await start_server(
+        runner = await probes.start_server(
             build_app(ingress, link, registry), settings.ingress_host, settings.ingress_port
         )
         stack.push_async_callback(runner.cleanup)

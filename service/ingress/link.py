@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 import aio_pika
-import aiormq
 import structlog
 from aio_pika.abc import AbstractExchange
 
-from .. import broker, webhooks
-from ..broker import BROKER_ERRORS
-from ..events import InboundEvent
-from ..supervision import close_quietly, first, short, sleep_unless
+from ..broker.connection import BROKER_ERRORS, Reconnects, close_quietly, connect, first
+from ..broker.publisher import refusals
+from ..config import IngressSettings
+from ..core.events import InboundEvent
+from ..core.ports import PublishRefused
+from ..observe.logs import short
+from .cloudevents import STRUCTURED
 from .metrics import IngressMetrics
-from .settings import IngressSettings
 
 log = structlog.get_logger("workflow_canceller.ingress")
 
@@ -41,7 +42,6 @@ class BrokerLink:
         self._metrics = metrics
         self._exchange: AbstractExchange | None = None
         self._lost = asyncio.Event()
-        self._was_up = False
         metrics.ready.set(0)
 
     @property
@@ -50,23 +50,17 @@ class BrokerLink:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until `stop` is set, reconnecting with capped, jittered backoff."""
-        backoff_s = self._settings.reconnect_initial_s
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-            # aio-pika raises a plain RuntimeError for a channel asked of a connection the broker
-            # just closed: a lost broker too. Anything else here would leave the ingress not ready
-            # for good with a green liveness probe, so it is also retried, loudly.
-            except (*BROKER_ERRORS, RuntimeError) as error:
-                if self._was_up:  # a working connection was lost: start the backoff afresh
-                    backoff_s, self._was_up = self._settings.reconnect_initial_s, False
-                self._metrics.broker_reconnects.inc()
-                log.warning("broker.unavailable", error=short(error), retry_in_s=round(backoff_s, 2))
-                await sleep_unless(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
-                backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
+        reconnects = Reconnects(self._settings.reconnect_initial_s, self._settings.reconnect_max_s)
+        session = partial(self._session, stop, reconnects)
+        # aio-pika raises a plain RuntimeError for a channel asked of a connection the broker just
+        # closed: a lost broker too. Anything else here would leave the ingress not ready for good
+        # with a green liveness probe, so it is also retried, loudly.
+        async for error, wait_s in reconnects.losses(stop, session, (*BROKER_ERRORS, RuntimeError)):
+            self._metrics.broker_reconnects.inc()
+            log.warning("broker.unavailable", error=short(error), retry_in_s=round(wait_s, 2))
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        connection = await broker.connect(self._settings, "ingress")
+    async def _session(self, stop: asyncio.Event, reconnects: Reconnects) -> None:
+        connection = await connect(self._settings, "ingress")
         self._lost = lost = asyncio.Event()
         try:
             connection.close_callbacks.add(lambda *_: lost.set())
@@ -76,6 +70,7 @@ class BrokerLink:
                 self._settings.input_exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             self._up(exchange)
+            reconnects.up()
             await first(stop, lost)
             if not stop.is_set():
                 raise ConnectionError("connection or channel closed")
@@ -85,7 +80,6 @@ class BrokerLink:
 
     def _up(self, exchange: AbstractExchange) -> None:
         self._exchange = exchange
-        self._was_up = True
         self._metrics.ready.set(1)
         log.info("broker.connected", exchange=exchange.name)
 
@@ -100,7 +94,7 @@ class BrokerLink:
             raise Unavailable("not_connected", "not connected to the broker")
         message = aio_pika.Message(
             body,
-            content_type=webhooks.STRUCTURED,
+            content_type=STRUCTURED,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=event.id,
             type=event.type,
@@ -110,11 +104,12 @@ class BrokerLink:
         started = time.monotonic()
         result = "interrupted"  # until the broker answers (e.g. the process is stopping)
         try:
-            await exchange.publish(
-                message, event.type, mandatory=True, timeout=self._settings.publish_timeout_s
-            )
+            with refusals(exchange.name, event.type):
+                await exchange.publish(
+                    message, event.type, mandatory=True, timeout=self._settings.publish_timeout_s
+                )
             result = "confirmed"
-        except BROKER_ERRORS as error:
+        except (PublishRefused, *BROKER_ERRORS) as error:
             failure = self._failure(error)
             result = failure.reason
             raise failure from error
@@ -124,9 +119,9 @@ class BrokerLink:
 
     def _failure(self, error: BaseException) -> Unavailable:
         """What a failed publish means for the sender; a broken channel also ends the session."""
-        if isinstance(error, aiormq.exceptions.PublishError):
+        if isinstance(error, PublishRefused) and error.reason == "unroutable":
             return Unavailable("unroutable", "no queue is bound for this event type (is the worker up?)")
-        if isinstance(error, aiormq.exceptions.DeliveryError):
+        if isinstance(error, PublishRefused):
             return Unavailable("refused", "the broker refused the event")
         if isinstance(error, TimeoutError):
             return Unavailable("unconfirmed", "the broker did not confirm the event in time")

@@ -11,7 +11,7 @@ from prometheus_client import (
     Histogram,
 )
 
-from .. import webhooks
+from . import signing
 
 _PUBLISH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -73,6 +73,6 @@ class IngressMetrics:
                 registry=registry,
             ),
         )
-        for reason in webhooks.SIGNATURE_FAILURES:
+        for reason in signing.SIGNATURE_FAILURES:
             metrics.signature_failures.labels(reason)
         return metrics

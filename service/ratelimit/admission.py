@@ -1,17 +1,10 @@
-"""Everything between the core and the DialNexa client: admission, terminal cache, in-flight
-slots, pacing.
+"""How much work may start: in-flight slots per lane, and the campaign lane's admission.
 
-`Capacity.admission(lane)` tells the core how many workflows a delivery may start: for the
-campaign lane no more than the current pace can finish within the hold limit (`Admission`); the
-complaint lane is never held back. `LaneApi(lane)` is what the core calls for one workflow. A call
-goes through, in order:
-1. the terminal cache: a workflow known to be terminal (a 2xx or 409 in the last while) is answered
-   `already_terminal` without a request;
-2. an in-flight slot: at most `concurrency` requests per process, of which `reserved` can only be
-   taken by the complaint lane (campaign work gets the rest);
-3. the pacer (rate budget, complaint priority; see `pacing`);
-4. the request, whose rate-limit headers and 429s feed the pacer back.
-Every wait before the request is bounded by the delivery's `start_by`: past it, `NotStarted`.
+`Slots`: at most `concurrency` requests per process, of which `reserved` can only be taken by the
+complaint lane (campaign work gets the rest). `PacedAdmission`: how many campaign workflows a
+delivery may start, no more than the current pace can finish within the hold limit; the complaint
+lane is never held back (`UNLIMITED`). Every wait is bounded by the delivery's `start_by`: past
+it, `NotStarted`.
 """
 
 from __future__ import annotations
@@ -22,12 +15,8 @@ import math
 import time
 from collections.abc import Callable
 
-from cachetools import TTLCache
-
-from .dialnexa import DialNexaClient
-from .metrics import Metrics
-from .pacing import LANES, Lane, Pacer
-from .ports import UNLIMITED, Admission, CancelResult, NotStarted, RateLimitedError
+from ..core.ports import NotStarted
+from .pacer import Lane, Pacer
 
 # How often a waiting delivery looks again without a give-back (the budget follows every answer).
 _ADMISSION_NAP_S = 0.25
@@ -141,95 +130,3 @@ class Slots:
         self._total.release()
         if lane == "campaign":
             self._campaign.release()
-
-
-class TerminalCache:
-    """A bounded, expiring memory of workflows known to be terminal, with their status."""
-
-    def __init__(self, size: int, ttl_s: float) -> None:
-        self._entries: TTLCache[str, str | None] | None = TTLCache(size, ttl_s) if size > 0 else None
-
-    def get(self, workflow_id: str) -> CancelResult | None:
-        if self._entries is None or workflow_id not in self._entries:
-            return None
-        return CancelResult(workflow_id, "already_terminal", self._entries[workflow_id])
-
-    def remember(self, result: CancelResult) -> None:
-        if self._entries is not None and result.outcome != "not_found":
-            self._entries[result.workflow_id] = result.status
-
-
-class Capacity:
-    """The process-wide pieces every lane shares."""
-
-    def __init__(
-        self,
-        client: DialNexaClient,
-        pacer: Pacer,
-        slots: Slots,
-        cache: TerminalCache,
-        metrics: Metrics,
-        campaign_admission: Admission = UNLIMITED,
-    ) -> None:
-        self.client = client
-        self.pacer = pacer
-        self.slots = slots
-        self.cache = cache
-        self.metrics = metrics
-        self._lanes = {lane: LaneApi(self, lane) for lane in LANES}
-        self._admissions: dict[Lane, Admission] = {"complaint": UNLIMITED, "campaign": campaign_admission}
-        self.closing = False
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        """Shutting down: no further call starts; handlers hand what is left on and settle."""
-        self.closing = True
-        self.pacer.closing = True
-        for admission in self._admissions.values():
-            admission.close()
-
-    def lane(self, lane: Lane) -> LaneApi:
-        return self._lanes[lane]
-
-    def admission(self, lane: Lane) -> Admission:
-        """Complaints are never held back; campaign work follows the pace."""
-        return self._admissions[lane]
-
-
-class LaneApi:
-    """The core's view of DialNexa for events of one lane."""
-
-    def __init__(self, capacity: Capacity, lane: Lane) -> None:
-        self._c = capacity
-        self._lane = lane
-        metrics = capacity.metrics
-        self._cache_hits = metrics.terminal_cache_hits.labels(lane)
-        self._inflight = 0  # read by the gauge at scrape time: no lock taken per call
-        metrics.inflight_requests.labels(lane).set_function(lambda: self._inflight)
-        self._waits = metrics.limiter_wait.labels(lane)
-
-    async def cancel(self, workflow_id: str, start_by: float = math.inf) -> CancelResult:
-        c = self._c
-        known = c.cache.get(workflow_id)
-        if known is not None:
-            self._cache_hits.inc()
-            return known
-        started = time.perf_counter()
-        await c.slots.acquire(self._lane, start_by)
-        try:
-            await c.pacer.acquire(self._lane, start_by)
-            self._waits.observe(time.perf_counter() - started)
-            self._inflight += 1
-            try:
-                result = await c.client.cancel(workflow_id)
-            except RateLimitedError as error:
-                c.pacer.block(error.retry_after_s)
-                raise
-            finally:
-                self._inflight -= 1
-        finally:
-            c.slots.release(self._lane)
-        c.cache.remember(result)
-        return result

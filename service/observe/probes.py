@@ -1,4 +1,5 @@
-"""Liveness and readiness, and the HTTP endpoints `/healthz`, `/readyz` and `/metrics`.
+"""Liveness and readiness, and the HTTP endpoints `/healthz`, `/readyz` and `/metrics`: one app
+for the worker and the webhook ingress (which adds its own route to it).
 
 Readiness is not "a connection object exists": the consumer marks each input queue consuming or
 not as the broker confirms `basic.consume` and as channels close, and marks the whole worker
@@ -9,12 +10,15 @@ every queue is consumed and nothing is paused or held back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .metrics import Metrics
+
+# Whether the process is ready, and what `/readyz` says about it.
+ReadinessReport = Callable[[], tuple[bool, Mapping[str, object]]]
 
 
 class Readiness:
@@ -54,15 +58,19 @@ class Readiness:
         paused = self._paused or self._held_back()
         return {"ready": self.ready, "paused": paused, "consuming": dict(self._consuming)}
 
+    def report(self) -> tuple[bool, Mapping[str, object]]:
+        return self.ready, self.describe()
 
-def build_app(readiness: Readiness, registry: CollectorRegistry) -> web.Application:
+
+def build_app(readiness: ReadinessReport, registry: CollectorRegistry) -> web.Application:
     """The small HTTP app the orchestrator and Prometheus talk to."""
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        return web.json_response(readiness.describe(), status=200 if readiness.ready else 503)
+        ready, body = readiness()
+        return web.json_response(dict(body), status=200 if ready else 503)
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -77,7 +77,12 @@ def _may_hold_shape(text: str) -> bool:
     )
 
 
-def encodable(text: str) -> str:
+def short(error: BaseException) -> str:
+    """A one-line, bounded description of an error for logs and headers."""
+    return f"{type(error).__name__}: {error}"[:200]
+
+
+def valid_utf8(text: str) -> str:
     """`text` as valid UTF-8: a lone surrogate (say, a truncated emoji in an API's error text) is
     replaced, so neither the JSON renderer nor an AMQP header refuses it."""
     if text.isascii():
@@ -133,7 +138,7 @@ class Redactor:
         return self._mask(str(value))  # exceptions, URLs, SecretStr and other objects: as text
 
     def _mask_text(self, text: str) -> str:
-        text = encodable(text)
+        text = valid_utf8(text)
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)

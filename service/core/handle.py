@@ -1,9 +1,9 @@
 """The pure core: what to do with one parsed event, and what its message deserves afterwards.
 
-`handle(event, api, emit, ...)` cancels the workflows the event names that earlier deliveries did
-not settle, hands each confirmed result to `emit` (which publishes it), and returns an `Outcome`.
-It knows nothing of the broker, of metrics or of logging: `processing.Processor.settle` turns the
-outcome into exactly one broker action.
+`handle(event, api, announce, ...)` cancels the workflows the event names that earlier deliveries
+did not settle, has `announce` publish each confirmed result, and returns an `Outcome`. Both are
+ports the core owns (`service.core.ports`); it knows nothing of the broker, of metrics or of
+logging: `service.broker.settle.settle` turns the outcome into exactly one broker action.
 
 Time is part of the decision. A delivery may be held only so long (RabbitMQ's consumer timeout):
 no call starts after `start_by`, and what is left is handed on to a continuation of the message
@@ -17,16 +17,26 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import stamina
 
+from ..retry import RetryPolicy
 from .events import InboundEvent
+from .outcomes import (
+    Carry,
+    Completed,
+    CredentialsRejected,
+    DeadLetter,
+    HandOff,
+    Outcome,
+    RetryLater,
+)
 from .ports import (
     UNLIMITED,
     Admission,
+    Announcer,
     AuthError,
     CancelApi,
     CancelResult,
@@ -38,123 +48,6 @@ from .ports import (
     ServerError,
     TransportError,
 )
-
-Emit = Callable[[CancelResult], Awaitable[None]]
-DeadLetterReason = Literal["invalid", "permanent", "exhausted"]
-HandOffReason = Literal["hold_limit", "not_due"]
-
-
-@dataclass(frozen=True, slots=True)
-class Carry:
-    """What a copy of the message carries to its next delivery: which workflows (by index) are
-    settled, and which failed for good (to be named when the message is dead-lettered)."""
-
-    total: int
-    done: frozenset[int] = frozenset()
-    failed: frozenset[int] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """Every workflow is settled: ack the message."""
-
-    results: tuple[CancelResult, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RetryLater:
-    """Transient failures remain: a copy waits `delay_s` in a delay queue (one more attempt)."""
-
-    delay_s: float
-    carry: Carry
-    error: str
-    results: tuple[CancelResult, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class HandOff:
-    """Not finished in time (or not due yet): a continuation copy with the same attempt number
-    goes back to the input queue (after `delay_s`, when not due yet), then the ack."""
-
-    carry: Carry
-    reason: HandOffReason
-    results: tuple[CancelResult, ...] = ()
-    delay_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialsRejected:
-    """DialNexa rejected our key: a continuation copy goes back, and the worker pauses intake."""
-
-    carry: Carry
-    error: str
-    results: tuple[CancelResult, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Send a copy to the DLQ with a reason and the workflows that failed; never retried here."""
-
-    reason: DeadLetterReason
-    error: str
-    results: tuple[CancelResult, ...] = ()
-    carry: Carry | None = None  # None for a message that could not be read at all
-
-    @property
-    def failed(self) -> int:
-        return len(self.carry.failed) if self.carry else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Requeue:
-    """Give the delivery back to its queue (`nack`, requeue) after `after_s`: the broker refused
-    the copy this message needed, so try the whole message again later."""
-
-    error: str
-    after_s: float = 0.0
-    results: tuple[CancelResult, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Abandon:
-    """Leave the delivery unacked: the channel is gone or closing, and the broker returns it."""
-
-    reason: str
-    results: tuple[CancelResult, ...] = ()
-
-
-Outcome = Completed | RetryLater | HandOff | CredentialsRejected | DeadLetter | Requeue | Abandon
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How hard to try one call in process, and how long to wait between broker attempts."""
-
-    broker_delays_s: tuple[float, ...]
-    call_attempts: int = 3
-    call_budget_s: float = 30.0
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 5.0
-    max_retry_after_wait_s: float = 30.0
-
-    def backoff_hook(self, error: Exception) -> bool | float:
-        """Whether a failed call is worth another quick try, and after how long (Retry-After)."""
-        if isinstance(error, RateLimitedError):
-            wait = error.retry_after_s
-            if wait is None:
-                return True
-            return wait if wait <= self.max_retry_after_wait_s else False
-        return isinstance(error, ServerError | TransportError)
-
-    def broker_delay(self, attempt: int, retry_after_s: float | None) -> float | None:
-        """Delay before broker attempt `attempt + 1`, or None when attempts are exhausted.
-
-        A Retry-After longer than the configured delay wins, however long (the client has already
-        capped what it believes)."""
-        if attempt > len(self.broker_delays_s):
-            return None
-        delay = self.broker_delays_s[attempt - 1]
-        return max(delay, retry_after_s or 0.0)
 
 
 def not_due(not_before_ms: int, now_ms: int, carry: Carry) -> HandOff | None:
@@ -219,7 +112,7 @@ async def cancel_one(
 async def handle(
     event: InboundEvent,
     api: CancelApi,
-    emit: Emit,
+    announce: Announcer,
     *,
     policy: RetryPolicy,
     attempt: int = 1,
@@ -252,7 +145,7 @@ async def handle(
                     raise NotStarted("the delivery's time is up")
                 result = await cancel_one(api, ids[index], policy, start_by)
                 if result.outcome != "not_found":  # a missing workflow has nothing to announce
-                    await emit(result)
+                    await announce.workflow_cancelled(event, result)
             except NotStarted:
                 tally.unstarted.append(index)
             except AuthError as error:

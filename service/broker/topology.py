@@ -23,10 +23,8 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from pamqp.common import FieldTable
 
-from .config import Settings
-
-# Headers exchanges ignore "x-" headers when matching, so this one must not start with "x-".
-HEADER_QUEUE = "canceller-return-queue"
+from ..config import Settings
+from ..retry import HEADER_QUEUE, delay_steps_s
 
 _QUORUM: FieldTable = {"x-queue-type": "quorum"}
 DLQ_DELIVERY_LIMIT = 1_000_000
@@ -45,19 +43,6 @@ def _dead_letters_to(exchange: str) -> FieldTable:
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
-
-
-def delay_steps_s(settings: Settings) -> tuple[float, ...]:
-    """The distinct delays, one delay queue each, shortest first."""
-    return tuple(sorted(set(settings.retry_delays)))
-
-
-def delay_queue_for(settings: Settings, delay_s: float) -> tuple[str, bool]:
-    """The shortest delay queue that waits at least `delay_s`, and whether it waits long enough:
-    when even the longest is shorter, the copy is parked there and parked again until it is due."""
-    steps = delay_steps_s(settings)
-    chosen = next((step for step in steps if step >= delay_s), steps[-1])
-    return settings.delay_queue_name(chosen), chosen >= delay_s
 
 
 async def declare(channel: AbstractChannel, settings: Settings) -> Exchanges:
@@ -92,7 +77,7 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Exchanges:
         await queue.bind(inputs, routing_key=routing_key)
         await queue.bind(requeue, routing_key="", arguments={"x-match": "all", HEADER_QUEUE: name})
 
-    for step in delay_steps_s(settings):
+    for step in delay_steps_s(settings.retry_delays):
         await channel.declare_queue(
             settings.delay_queue_name(step),
             arguments={

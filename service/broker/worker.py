@@ -1,17 +1,16 @@
-"""Broker glue: connect, declare, consume, and supervise the session.
+"""The worker's broker sessions: connect, declare, consume, pause, drain, reconnect.
 
 `Worker.run` reconnects with capped, jittered backoff when the broker goes away, pauses
 consumption while DialNexa rejects our credentials (probing until the key may cancel, with a
 delay that grows each time a resumed key is rejected again), and on stop cancels the consumers,
 drains in-flight messages for a bounded time and closes. Each message is handed to the
-`Processor` in a task of its own, tracked for the drain; what the processor settled tells the
+`Intake` in a task of its own, tracked for the drain; what the processor settled tells the
 worker whether to pause (credentials rejected) or to start a new session (abandoned).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from functools import partial
 from typing import Any
@@ -20,16 +19,18 @@ import stamina
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from . import broker, topology
-from .capacity import Capacity
-from .config import Settings
-from .dialnexa import AuthError, DialNexaError
-from .handler import Abandon, CredentialsRejected
-from .health import Readiness
-from .metrics import Metrics
-from .processing import SESSION_ERRORS, BrokerLost, Processor
+from ..config import Settings
+from ..core.events import WORKFLOW_CANCELLED
+from ..core.outcomes import Abandon, CredentialsRejected
+from ..core.ports import AuthError, DialNexaError
+from ..dialnexa.gateway import Gateway
+from ..observe.logs import short
+from ..observe.metrics import Metrics
+from ..observe.probes import Readiness
+from . import topology
+from .connection import SESSION_ERRORS, BrokerLost, Reconnects, close_quietly, connect, first
+from .intake import Intake
 from .publisher import Publisher
-from .supervision import close_quietly, first, short, sleep_unless
 
 log = structlog.get_logger("workflow_canceller.consumer")
 
@@ -38,16 +39,16 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        capacity: Capacity,
+        gateway: Gateway,
         metrics: Metrics,
         readiness: Readiness,
     ) -> None:
         self._settings = settings
-        self._api = capacity.client
-        self._capacity = capacity
+        self._api = gateway.client
+        self._gateway = gateway
         self._metrics = metrics
         self._readiness = readiness
-        self._processor = Processor(settings, capacity, metrics)
+        self._intake = Intake(settings, gateway, metrics)
         self._inflight: set[asyncio.Task[Any]] = set()
         # Read at scrape time from the tasks tracked for the drain: nothing to update per message.
         metrics.inflight_events.set_function(lambda: len(self._inflight))
@@ -61,29 +62,23 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, reconnecting whenever the broker goes away."""
-        backoff_s = self._settings.reconnect_initial_s
-        while not stop.is_set():
-            connected_at = time.monotonic()
-            try:
-                await self._session(stop)
-            except SESSION_ERRORS as error:
-                self._readiness.stopped()
-                self._metrics.broker_reconnects.inc()
-                if time.monotonic() - connected_at > 30:
-                    backoff_s = self._settings.reconnect_initial_s
-                log.warning("broker.lost", error=short(error), retry_in_s=round(backoff_s, 2))
-                await sleep_unless(stop, backoff_s * random.uniform(0.8, 1.2))  # noqa: S311  # jitter, not crypto
-                backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
+        reconnects = Reconnects(self._settings.reconnect_initial_s, self._settings.reconnect_max_s)
+        session = partial(self._session, stop, reconnects)
+        async for error, wait_s in reconnects.losses(stop, session, SESSION_ERRORS):
+            self._readiness.stopped()
+            self._metrics.broker_reconnects.inc()
+            log.warning("broker.lost", error=short(error), retry_in_s=round(wait_s, 2))
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    async def _session(self, stop: asyncio.Event, reconnects: Reconnects) -> None:
         settings = self._settings
-        connection = await broker.connect(settings, "worker")
+        connection = await connect(settings, "worker")
         self._lost = lost = asyncio.Event()
         try:
             connection.close_callbacks.add(lambda *_: lost.set())
             publisher = await self._open_publisher(connection, lost)
             queues = [await self._open_queue(connection, name, lost) for name in settings.input_queues]
             log.info("broker.connected", queues=list(settings.input_queues))
+            reconnects.up()
             while True:
                 tags = await self._consume(queues, publisher)
                 woke = await first(stop, lost, self._credentials_rejected)
@@ -93,7 +88,7 @@ class Worker:
                 if woke is stop:
                     # No call starts any more: in-flight messages hand what is left on to a
                     # continuation and settle, well within the drain time.
-                    self._capacity.close()
+                    self._gateway.close()
                     await self._drain()
                     return
                 if not await self._wait_for_credentials(stop, lost):
@@ -122,6 +117,8 @@ class Worker:
             output_routing_key=self._settings.output_routing_key,
             timeout_s=self._settings.publish_timeout_s,
             requeue=exchanges.requeue,
+            source=self._settings.event_source,
+            published=self._metrics.events_published.labels(WORKFLOW_CANCELLED),
         )
 
     async def _open_queue(
@@ -228,13 +225,10 @@ class Worker:
         assert task is not None  # noqa: S101  # always inside a task here
         self._inflight.add(task)
         try:
-            outcome = await self._processor.process(message, publisher, queue)
+            outcome = await self._intake.process(message, publisher, queue)
         finally:
             self._inflight.discard(task)
         if isinstance(outcome, CredentialsRejected):
             self._credentials_rejected.set()
         elif isinstance(outcome, Abandon):
             self._lost.set()  # a message could not be settled: new session, the broker redelivers
-
-
-# --- helpers ---------------------------------------------------------------------------------

@@ -23,11 +23,11 @@ from typing import Any
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from .config import CommonSettings
-from .events import TYPE_NAME_SHAPE
-from .logs import mask_shapes
-from .publisher import HeaderValue, copy_message
-from .retries import (
+from ..broker.publisher import HeaderValue, copy_message
+from ..config import CommonSettings
+from ..core.events import TYPE_NAME_SHAPE
+from ..observe.logs import mask_shapes
+from ..retry import (
     HEADER_ATTEMPTS,
     HEADER_DEAD_LETTERED,
     HEADER_DONE,

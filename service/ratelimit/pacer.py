@@ -26,8 +26,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from .dialnexa import RateLimit
-from .ports import NotStarted
+from ..core.ports import NotStarted
+from .headers import RateLimit
 
 Lane = Literal["complaint", "campaign"]
 LANES: tuple[Lane, ...] = ("complaint", "campaign")

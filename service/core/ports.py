@@ -1,7 +1,7 @@
 """What the core needs from the outside world, in the core's own terms.
 
-The core (`service.handler`) owns these types; the DialNexa client and the capacity layer import
-them and implement them, never the other way round.
+The core (`service.core.handle`) owns these types; the DialNexa gateway and the broker's
+publisher import them and implement them, never the other way round.
 
 Every failure of one cancel call is one exception of this tree:
 
@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from .events import InboundEvent
 
 CancelOutcome = Literal["cancelled", "already_terminal", "not_found"]
 
@@ -75,7 +78,12 @@ class RejectedError(StatusError):
 
 
 class PublishRefused(Exception):
-    """The broker did not accept an outbound message (unroutable or nacked): retry like a 5xx."""
+    """The broker did not accept an outbound message: retry like a 5xx. `reason` is
+    `unroutable` (no queue bound) or `refused` (nacked)."""
+
+    def __init__(self, reason: Literal["unroutable", "refused"], detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class CancelApi(Protocol):
@@ -83,6 +91,15 @@ class CancelApi(Protocol):
 
     async def cancel(self, workflow_id: str, start_by: float = math.inf) -> CancelResult:
         """Cancel one workflow; raise `NotStarted` rather than start the call after `start_by`."""
+        ...
+
+
+class Announcer(Protocol):
+    """Where the core announces each settled workflow (a `workflow-cancelled` event)."""
+
+    async def workflow_cancelled(self, trigger: InboundEvent, result: CancelResult) -> None:
+        """Publish `result`, caused by `trigger`; returns once the broker confirmed it, raises
+        `PublishRefused` when the broker would not take it."""
         ...
 
 

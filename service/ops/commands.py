@@ -12,27 +12,30 @@ import asyncio
 import contextlib
 import re
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import aio_pika
-import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel
 from prometheus_client import CollectorRegistry
 
-from . import app, broker, topology
-from .broker import BROKER_ERRORS
-from .config import CommonSettings, Settings, secret_values
-from .dialnexa import AuthError, DialNexaClient, DialNexaError
+from ..broker import topology
+from ..broker.connection import BROKER_ERRORS, connect
+from ..broker.publisher import refusals
+from ..cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ..config import CommonSettings, Settings, secret_values
+from ..core.events import CAMPAIGN_ENDED, COMPLAINT_RECEIVED, InvalidEvent, cloudevent, parse
+from ..core.ports import AuthError, DialNexaError, PublishRefused
+from ..dialnexa.client import DialNexaClient
+from ..dialnexa.http import AiohttpSession
+from ..observe.logs import MASK
+from ..observe.metrics import Metrics
+from ..retry import delay_steps_s
 from .dlq import REASONS, DeadLetters, Filter, Letter, Moved, Summary, mask
-from .events import CAMPAIGN_ENDED, COMPLAINT_RECEIVED, InvalidEvent, parse
-from .metrics import Metrics
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CLI_SOURCE = "urn:workflow-canceller:cli"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -247,23 +250,18 @@ def _publish_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_event(args: argparse.Namespace, now: datetime) -> dict[str, Any]:
     """The CloudEvent the `publish` arguments describe (not yet validated)."""
-    data: dict[str, Any] = {"workflow_ids": args.workflow_ids}
-    if args.type == CAMPAIGN_ENDED:
-        data["campaign_id"] = args.campaign_id
-        if args.reason:
-            data["reason"] = args.reason
-    else:
-        data["complaint_id"] = args.complaint_id
-        data.update({k: v for k, v in (("lead_id", args.lead_id), ("campaign_id", args.campaign_id)) if v})
-    return {
-        "specversion": "1.0",
-        "id": args.event_id or str(uuid.uuid4()),
-        "source": args.source,
-        "type": args.type,
-        "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": {k: v for k, v in data.items() if v is not None},
-    }
+    campaign = args.type == CAMPAIGN_ENDED
+    return cloudevent(
+        args.type,
+        args.workflow_ids,
+        event_id=args.event_id,
+        source=args.source,
+        time=now,
+        campaign_id=args.campaign_id,
+        complaint_id=None if campaign else args.complaint_id,
+        lead_id=None if campaign else args.lead_id,
+        reason=args.reason if campaign else None,
+    )
 
 
 def _publish(args: argparse.Namespace, settings: CommonSettings) -> int:
@@ -276,7 +274,7 @@ def _publish(args: argparse.Namespace, settings: CommonSettings) -> int:
         return EXIT_USAGE
     try:
         asyncio.run(_publish_async(settings, body, event))
-    except BROKER_ERRORS as error:
+    except (PublishRefused, *BROKER_ERRORS) as error:
         print(f"failed: {_describe(error, settings)}", file=sys.stderr)
         return EXIT_FAILED
     print(event["id"])
@@ -295,7 +293,8 @@ async def _publish_async(settings: CommonSettings, body: bytes, event: dict[str,
             timestamp=datetime.now(UTC),
             app_id="workflow-canceller-cli",
         )
-        await exchange.publish(message, event["type"], mandatory=True, timeout=settings.publish_timeout_s)
+        with refusals(exchange.name, event["type"]):
+            await exchange.publish(message, event["type"], mandatory=True, timeout=settings.publish_timeout_s)
 
 
 # --- check ----------------------------------------------------------------------------------------
@@ -322,7 +321,7 @@ async def check(settings: Settings) -> list[tuple[bool, str, str]]:
             except BROKER_ERRORS as error:
                 lines.append((False, "topology", _describe(error, settings)))
             else:
-                count = len(settings.input_queues) + 1 + len(topology.delay_steps_s(settings))
+                count = len(settings.input_queues) + 1 + len(delay_steps_s(settings.retry_delays))
                 lines.append((True, "topology", f"4 exchanges and {count} queues exist or were declared"))
     except BROKER_ERRORS as error:
         lines.append((False, "broker", f"cannot connect to {where}: {_describe(error, settings)}"))
@@ -335,7 +334,13 @@ async def _check_dialnexa(settings: Settings) -> tuple[bool, str, str]:
     """One cancel of the probe id, which no workflow has: 404 means the key may cancel; a key
     that may only read fails here (401/403), as it would on every real cancel."""
     base = str(settings.dialnexa_base_url)
-    http = app.http_session(settings, connections=1)
+    http = AiohttpSession(
+        base,
+        settings.dialnexa_api_key,
+        connect_timeout_s=settings.http_connect_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        max_connections=1,
+    )
     client = DialNexaClient(http, Metrics.build(CollectorRegistry()))
     try:
         await client.probe(settings.auth_probe_workflow_id)
@@ -356,7 +361,7 @@ async def _check_dialnexa(settings: Settings) -> tuple[bool, str, str]:
 @contextlib.asynccontextmanager
 async def _channel(settings: CommonSettings, role: str) -> AsyncIterator[AbstractChannel]:
     """One connection and one channel with publisher confirms, closed on the way out."""
-    connection = await broker.connect(settings, role)
+    connection = await connect(settings, role)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         yield channel
@@ -366,10 +371,10 @@ async def _channel(settings: CommonSettings, role: str) -> AsyncIterator[Abstrac
 
 def _describe(error: BaseException, settings: CommonSettings) -> str:
     """A one-line description with every configured secret masked."""
-    if isinstance(error, aiormq.exceptions.PublishError):
+    if isinstance(error, PublishRefused) and error.reason == "unroutable":
         text = "unroutable: no queue is bound for it (has the worker or `check` declared the topology?)"
     else:
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     for secret in secret_values(settings):
-        text = text.replace(secret, "***")
+        text = text.replace(secret, MASK)
     return mask(text, 300)  # an encoder's error can quote a header's value

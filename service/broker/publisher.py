@@ -1,24 +1,28 @@
 """Outbound messages: persistent, `mandatory`, and confirmed by the broker before we go on.
 
-Four kinds leave the service: `workflow-cancelled` events, copies of an input message parked in a
-delay queue for a later attempt, continuation copies sent straight back to the input queue, and
-copies sent to the dead-letter queue. Each `await` returns
-only once the broker has confirmed the message, so the input message can be acked after it.
+Four kinds leave the service: `workflow-cancelled` events (the core's `Announcer`), copies of an
+input message parked in a delay queue for a later attempt, continuation copies sent straight back
+to the input queue, and copies sent to the dead-letter queue. Each `await` returns only once the
+broker has confirmed the message, so the input message can be acked after it.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import aiormq
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from prometheus_client import Counter
 
-from .events import WORKFLOW_CANCELLED
-from .ports import PublishRefused
+from ..core.events import WORKFLOW_CANCELLED, InboundEvent, trigger_of, workflow_cancelled
+from ..core.ports import CancelResult, PublishRefused
+
+log = structlog.get_logger("workflow_canceller.publisher")
 
 HeaderValue = str | int
 CLOUDEVENTS_JSON = "application/cloudevents+json"
@@ -36,6 +40,8 @@ class Publisher:
         output_routing_key: str,
         timeout_s: float,
         requeue: AbstractExchange | None = None,
+        source: str = "urn:workflow-canceller",
+        published: Counter | None = None,
     ) -> None:
         self._channel = channel
         self._output = output
@@ -43,8 +49,29 @@ class Publisher:
         self._requeue = requeue
         self._output_routing_key = output_routing_key
         self._timeout_s = timeout_s
+        self._source = source
+        self._published = published
 
-    async def workflow_cancelled(self, body: bytes, event_id: str, confirmed_at: datetime) -> None:
+    async def workflow_cancelled(self, trigger: InboundEvent, result: CancelResult) -> None:
+        """Announce one settled workflow (the core's `Announcer`): a `workflow-cancelled` event,
+        confirmed by the broker; `PublishRefused` if the broker cannot take it."""
+        if result.outcome == "not_found":  # the core never announces these; nothing to publish
+            return
+        confirmed_at = datetime.now(UTC)
+        event_id, body = workflow_cancelled(
+            workflow_id=result.workflow_id,
+            outcome=result.outcome,
+            status=result.status,
+            trigger=trigger_of(trigger),
+            source=self._source,
+            confirmed_at=confirmed_at,
+        )
+        await self._publish_cancelled(body, event_id, confirmed_at)
+        if self._published is not None:
+            self._published.inc()
+        log.info("workflow.settled", workflow_id=result.workflow_id, outcome=result.outcome)
+
+    async def _publish_cancelled(self, body: bytes, event_id: str, confirmed_at: datetime) -> None:
         """Publish one workflow-cancelled event; `PublishRefused` if the broker cannot take it.
 
         The hot path: the frame properties go straight to the AMQP channel, skipping aio-pika's
@@ -58,7 +85,7 @@ class Publisher:
             timestamp=confirmed_at,
         )
         channel = await self._channel.get_underlay_channel()
-        with _refusals(self._output.name, self._output_routing_key):
+        with refusals(self._output.name, self._output_routing_key):
             await channel.basic_publish(
                 body,
                 exchange=self._output.name,
@@ -84,7 +111,7 @@ class Publisher:
         """A continuation copy of `original`, straight back to the input queue its headers name
         (through the requeue exchange, so the state it carries is trusted)."""
         if self._requeue is None:
-            raise PublishRefused("no requeue exchange on this publisher")
+            raise PublishRefused("unroutable", "no requeue exchange on this publisher")
         await self._confirmed(self._requeue, copy_message(original, headers, drop), "")
 
     async def to_dead_letter(
@@ -95,30 +122,33 @@ class Publisher:
         await self._confirmed(self._dead_letter, copy, original.routing_key or "")
 
     async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
-        with _refusals(exchange.name, key):
+        with refusals(exchange.name, key):
             await exchange.publish(message, key, mandatory=True, timeout=self._timeout_s)
 
 
 @contextlib.contextmanager
-def _refusals(exchange: str, key: str) -> Iterator[None]:
-    """A returned (unroutable) or nacked publish becomes `PublishRefused`."""
+def refusals(exchange: str, key: str) -> Iterator[None]:
+    """A returned (unroutable) or nacked publish becomes `PublishRefused`: the one mapping, for the
+    worker, the ingress and the `publish` command."""
     try:
         yield
     except aiormq.exceptions.PublishError as error:
-        raise PublishRefused(f"unroutable: no queue bound to {exchange!r} with key {key!r}") from error
+        detail = f"unroutable: no queue bound to {exchange!r} with key {key!r}"
+        raise PublishRefused("unroutable", detail) from error
     except aiormq.exceptions.DeliveryError as error:
-        raise PublishRefused(f"broker refused the message ({type(error.frame).__name__})") from error
+        detail = f"broker refused the message ({type(error.frame).__name__})"
+        raise PublishRefused("refused", detail) from error
 
 
-def _encodable(value: Any) -> Any:
+def _rewritable(value: Any) -> Any:
     """A header value as it can be written again. A long string that is not UTF-8 is read back as
     `bytes`, which the AMQP encoder refuses; it goes out as a byte array, inside tables too."""
     if isinstance(value, bytes):
         return bytearray(value)
     if isinstance(value, dict):
-        return {k: _encodable(v) for k, v in value.items()}
+        return {k: _rewritable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_encodable(v) for v in value]
+        return [_rewritable(v) for v in value]
     return value
 
 
@@ -127,7 +157,7 @@ def copy_message(
 ) -> aio_pika.Message:
     """The same body and properties, persistent, with `headers` merged over the original ones
     (and without those in `drop`)."""
-    merged = {k: _encodable(v) for k, v in (original.headers or {}).items() if k not in drop}
+    merged = {k: _rewritable(v) for k, v in (original.headers or {}).items() if k not in drop}
     merged.update(headers)
     return aio_pika.Message(
         original.body,

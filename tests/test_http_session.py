@@ -1,4 +1,4 @@
-"""Every HTTP transport choice behaves the same for the client, over real HTTP to the simulator."""
+"""The DialNexa client over its one HTTP session (aiohttp), over real HTTP to the simulator."""
 
 from __future__ import annotations
 
@@ -12,48 +12,35 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from service.dialnexa import (
-    CancelResult,
-    DialNexaClient,
-    HttpSession,
-    HttpTransportKind,
-    RateLimit,
-    RateLimitedError,
-    ServerError,
-    TransportError,
-    build_http_client,
-)
-from service.metrics import Metrics
+from service.core.ports import CancelResult, RateLimitedError, ServerError, TransportError
+from service.dialnexa.client import DialNexaClient
+from service.dialnexa.http import AiohttpSession
+from service.observe.metrics import Metrics
 from tests.support import free_port
 
-KINDS: list[HttpTransportKind] = ["aiohttp", "httpx-aiohttp", "httpx"]
 
-
-def session(
-    base_url: str, kind: HttpTransportKind, *, read_timeout_s: float = 1, max_connections: int = 1
-) -> HttpSession:
-    """The service's HTTP session of one kind, with the simulator's key and short timeouts."""
-    return build_http_client(
-        base_url=base_url,
-        api_key=SecretStr("sim_key:sim_secret"),
+def session(base_url: str, *, read_timeout_s: float = 1, max_connections: int = 1) -> AiohttpSession:
+    """The service's HTTP session, with the simulator's key and short timeouts."""
+    return AiohttpSession(
+        base_url,
+        SecretStr("sim_key:sim_secret"),
         connect_timeout_s=1,
         read_timeout_s=read_timeout_s,
         max_connections=max_connections,
-        kind=kind,
     )
 
 
-@pytest.fixture(params=KINDS)
-async def client(request: pytest.FixtureRequest, simulator: Any) -> AsyncIterator[DialNexaClient]:
-    """A DialNexa client over each transport, pointed at the simulator, with a short read timeout."""
+@pytest.fixture
+async def client(simulator: Any) -> AsyncIterator[DialNexaClient]:
+    """A DialNexa client pointed at the simulator, with a short read timeout."""
     _, base_url = simulator
-    http = session(base_url, request.param, read_timeout_s=0.5, max_connections=4)
+    http = session(base_url, read_timeout_s=0.5, max_connections=4)
     yield DialNexaClient(http, Metrics.build(CollectorRegistry()))
     await http.aclose()
 
 
 async def test_answers_are_mapped_the_same(client: DialNexaClient, simulator: Any) -> None:
-    """2xx, 409 and 5xx read the same through every transport (wrapped envelope included)."""
+    """2xx, 409 and 5xx read the same  (wrapped envelope included)."""
     sim, _ = simulator
     sim.set_status("wf_done", "completed")
     sim.script("wf_wrapped", [{"status": 200, "envelope": "wrapped"}])
@@ -82,10 +69,9 @@ async def test_slow_answer_is_a_transport_error(client: DialNexaClient, simulato
         await client.cancel("wf_slow")
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_refused_connection_is_a_transport_error(kind: HttpTransportKind) -> None:
+async def test_refused_connection_is_a_transport_error() -> None:
     """Nothing listening: TransportError, not a crash."""
-    http = session(f"http://127.0.0.1:{free_port()}/v1", kind)
+    http = session(f"http://127.0.0.1:{free_port()}/v1")
     try:
         with pytest.raises(TransportError):
             await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_1")
@@ -93,31 +79,31 @@ async def test_refused_connection_is_a_transport_error(kind: HttpTransportKind) 
         await http.aclose()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_rate_limit_headers_read_the_same(kind: HttpTransportKind, simulator: Any) -> None:
-    """X-RateLimit-* on every answer and Retry-After on a 429 reach the client through each transport."""
+async def test_rate_limit_headers_are_read(simulator: Any) -> None:
+    """X-RateLimit-* on every answer and Retry-After on a 429 come back with each reply."""
     sim, base_url = simulator
     sim.config.rate_limit = 2
     sim.config.rate_window_s = 30.0
-    seen: list[RateLimit] = []
-    http = session(base_url, kind)
-    api = DialNexaClient(http, Metrics.build(CollectorRegistry()), on_rate_limit=seen.append)
+    http = session(base_url)
+    api = DialNexaClient(http, Metrics.build(CollectorRegistry()))
     try:
-        assert (await api.cancel("wf_a")).outcome == "cancelled"
-        assert (await api.cancel("wf_b")).outcome == "cancelled"
-        with pytest.raises(RateLimitedError) as caught:
-            await api.cancel("wf_c")
+        replies = [await api.send_cancel(wf) for wf in ("wf_a", "wf_b", "wf_c")]
     finally:
         await http.aclose()
+    assert [r.meaning.outcome for r in replies[:2] if isinstance(r.meaning, CancelResult)] == [
+        "cancelled"
+    ] * 2
+    with pytest.raises(RateLimitedError) as caught:
+        replies[2].result()
+    seen = [r.rate_limit for r in replies]
     assert [(s.limit, s.remaining) for s in seen] == [(2, 1), (2, 0), (2, 0)]
     assert all(s.reset_after_s is not None and 0 < s.reset_after_s <= 30 for s in seen)
     assert caught.value.retry_after_s is not None
     assert 0 < caught.value.retry_after_s <= 30
 
 
-@pytest.mark.parametrize("kind", KINDS)
-async def test_compressed_answer_is_decoded(kind: HttpTransportKind) -> None:
-    """A gzip-encoded answer is read as its JSON through every transport."""
+async def test_compressed_answer_is_decoded() -> None:
+    """A gzip-encoded answer is read as its JSON ."""
 
     async def cancel(_request: web.Request) -> web.Response:
         body = gzip.compress(json.dumps({"id": "wf_gz", "status": "cancelled"}).encode())
@@ -130,7 +116,7 @@ async def test_compressed_answer_is_decoded(kind: HttpTransportKind) -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    http = session(f"http://127.0.0.1:{port}/v1", kind)
+    http = session(f"http://127.0.0.1:{port}/v1")
     try:
         result = await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_gz")
     finally:

@@ -1,0 +1,1 @@
+"""Project scripts: docs generators and checks (not part of the service)."""

@@ -1,0 +1,1 @@
+"""Observability: the metrics container, log configuration and redaction, the probes app."""

@@ -1,0 +1,1 @@
+"""Operator commands: `dlq` (list, replay, purge), `publish`, `check`."""
