@@ -22,18 +22,27 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.ingress import IngressMetrics
+from service.config import ENV_PREFIX, Settings
+from service.ingress import IngressMetrics, IngressSettings
 from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy/grafana/dashboard.json"
 RULES = ROOT / "deploy/prometheus/rules/workflow-canceller.rules.yml"
 RULE_TESTS = ROOT / "deploy/prometheus/rules/workflow-canceller.rules.test.yml"
-SCALED_OBJECT = ROOT / "deploy/base/scaledobject.yaml"
+SCALED_OBJECT = ROOT / "deploy/components/keda/scaledobject.yaml"
 RUNBOOK = ROOT / "docs/runbook.md"
 OVERLAYS = ("staging", "production")
 WORKER = "workflow-canceller"
 INGRESS = "workflow-canceller-ingress"
+# The components each overlay includes (deploy/components/), in order.
+COMPONENTS = {
+    "staging": ("keda", "webhook-ingress", "broker-tls"),
+    "production": ("keda", "broker-tls"),
+}
+INGRESS_OVERLAYS = tuple(o for o in OVERLAYS if "webhook-ingress" in COMPONENTS[o])
+# (overlay, Deployment) for every Deployment an overlay renders.
+DEPLOYMENTS = [(o, WORKER) for o in OVERLAYS] + [(o, INGRESS) for o in INGRESS_OVERLAYS]
 
 # One API key allows 150 requests / 60 s and one replica can use all of it (deploy/base/scaledobject.yaml).
 MAX_REPLICAS = 3
@@ -254,15 +263,106 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# components
+
+
+def _kustomization(path: Path) -> dict[str, Any]:
+    """The parsed kustomization.yaml of a directory."""
+    return dict(yaml.safe_load((path / "kustomization.yaml").read_text()))
+
+
+def test_overlays_include_the_components_the_tests_expect() -> None:
+    """Each overlay lists exactly the components COMPONENTS says, and every component is used."""
+    used: set[str] = set()
+    for overlay in OVERLAYS:
+        listed = _kustomization(ROOT / "deploy/overlays" / overlay).get("components", [])
+        names = tuple(Path(entry).name for entry in listed)
+        assert all(entry.startswith("../../components/") for entry in listed), listed
+        assert names == COMPONENTS[overlay], overlay
+        used |= set(names)
+    components = {path.parent.name for path in (ROOT / "deploy/components").glob("*/kustomization.yaml")}
+    assert {"keda", "webhook-ingress", "broker-tls"} <= components
+    assert components <= used, f"no overlay exercises {components - used}"
+    for name in components:
+        kustomization = _kustomization(ROOT / "deploy/components" / name)
+        assert kustomization["kind"] == "Component", name
+        assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1alpha1", name
+
+
+def test_optional_parts_are_not_in_the_base() -> None:
+    """The base holds no ScaledObject, no ingress object and no TLS mount: components add them."""
+    base = _kustomization(ROOT / "deploy/base")
+    listed = " ".join(base.get("resources", []))
+    assert "scaledobject" not in listed
+    assert "ingress" not in listed
+    generated = {generator["name"] for generator in base.get("configMapGenerator", [])}
+    assert generated == {"workflow-canceller-config"}
+    assert "broker-tls" not in (ROOT / "deploy/base/deployment.yaml").read_text()
+
+
+def test_production_renders_no_example_host() -> None:
+    """Production has no Ingress (it does not include the webhook ingress); no example host is
+    rendered except in the image name, which operators point at their registry."""
+    docs = _built("production")
+    assert not [d for d in docs if d["kind"] == "Ingress"]
+    assert not [d for d in docs if d["metadata"]["name"].startswith(INGRESS)]
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for c in _pod(docs, d["metadata"]["name"])["containers"]
+    }
+    text = yaml.safe_dump_all(docs)
+    for image in images:
+        text = text.replace(image, "")
+    assert not re.findall(r"[\w.-]*\.example\.(?:com|org|net)\b", text)
+
+
+@pytest.mark.parametrize("overlay", INGRESS_OVERLAYS)
+def test_ingress_host_is_the_overlays_own(overlay: str) -> None:
+    """An overlay with the webhook ingress serves (and has a certificate for) a host of its own."""
+    spec = _one(_built(overlay), "Ingress", INGRESS)["spec"]
+    hosts = [rule["host"] for rule in spec["rules"]] + [h for tls in spec["tls"] for h in tls["hosts"]]
+    assert hosts == [f"events.{overlay}.crm.example.com"] * 2
+
+
+TLS_SETTINGS = {WORKER: Settings, INGRESS: IngressSettings}
+
+
+@pytest.mark.parametrize(("overlay", "name"), [d for d in DEPLOYMENTS if "broker-tls" in COMPONENTS[d[0]]])
+def test_broker_tls_files_come_from_a_secret_mounted_read_only(overlay: str, name: str) -> None:
+    """With the broker-tls component, each pod mounts the Secret's CA, certificate and key read-only,
+    and the service's own TLS settings point at those files."""
+    pod = _pod(_built(overlay), name)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "broker-tls"]
+    secret = volume["secret"]
+    assert secret["secretName"] == "workflow-canceller-broker-tls"
+    assert secret["defaultMode"] == 0o440
+    files = {item["path"] for item in secret["items"]}
+    assert files == {"ca.crt", "tls.crt", "tls.key"}
+    container = pod["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "broker-tls"]
+    assert mount["readOnly"] is True
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    settings = {ENV_PREFIX + field.upper() for field in TLS_SETTINGS[name].model_fields}
+    wanted = {f"{ENV_PREFIX}AMQP_CA_FILE": "ca.crt", f"{ENV_PREFIX}AMQP_CERT_FILE": "tls.crt"}
+    wanted[f"{ENV_PREFIX}AMQP_KEY_FILE"] = "tls.key"
+    for variable, file in wanted.items():
+        assert variable in settings, f"{variable} is not a setting of {TLS_SETTINGS[name].__name__}"
+        assert env[variable] == f"{mount['mountPath']}/{file}"
+
+
+# ------------------------------------------------------------------------------------------------
 # the built overlays
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize(
-    ("name", "port", "number"), [(WORKER, "http-metrics", 8080), (INGRESS, "http", 8081)]
-)
-def test_probes_use_healthz_and_readyz(overlay: str, name: str, port: str, number: int) -> None:
+PORTS = {WORKER: ("http-metrics", 8080), INGRESS: ("http", 8081)}
+
+
+@pytest.mark.parametrize(("overlay", "name"), DEPLOYMENTS)
+def test_probes_use_healthz_and_readyz(overlay: str, name: str) -> None:
     """Liveness and startup probe /healthz, readiness probes /readyz, on each Deployment's one port."""
+    port, number = PORTS[name]
     container = _pod(_built(overlay), name)["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
@@ -273,8 +373,7 @@ def test_probes_use_healthz_and_readyz(overlay: str, name: str, port: str, numbe
     assert ports == {port: number}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize("name", [WORKER, INGRESS])
+@pytest.mark.parametrize(("overlay", "name"), DEPLOYMENTS)
 def test_pod_is_locked_down(overlay: str, name: str) -> None:
     """Non-root, read-only root filesystem, no privilege escalation, no capabilities, RuntimeDefault."""
     pod = _pod(_built(overlay), name)
@@ -302,7 +401,7 @@ def test_grace_period_outlasts_the_drain(overlay: str) -> None:
     assert pod["terminationGracePeriodSeconds"] > drain_s + 10
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", INGRESS_OVERLAYS)
 def test_ingress_grace_period_outlasts_prestop_and_publish_timeout(overlay: str) -> None:
     """The ingress pod gets its preStop pause plus a whole publish timeout before SIGKILL."""
     docs = _built(overlay)
@@ -338,6 +437,8 @@ def test_no_secret_values_in_the_manifests(overlay: str) -> None:
     docs = _built(overlay)
     assert not [d for d in docs if d["kind"] == "Secret"]
     for deployment, (secret, names) in SECRET_ENV.items():
+        if deployment == INGRESS and overlay not in INGRESS_OVERLAYS:
+            continue
         env = {item["name"]: item for item in _pod(docs, deployment)["containers"][0]["env"]}
         for name in names:
             assert "value" not in env[name]
@@ -350,18 +451,16 @@ def test_no_secret_values_in_the_manifests(overlay: str) -> None:
     assert "whsec_" not in text
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize(
-    ("name", "egress", "ingress"),
-    [
-        (WORKER, {("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671), ("TCP", 443)}, {("TCP", 8080)}),
-        (INGRESS, {("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671)}, {("TCP", 8081)}),
-    ],
-)
-def test_network_policy_allows_only_dns_broker_and_https(
-    overlay: str, name: str, egress: set[tuple[str, int]], ingress: set[tuple[str, int]]
-) -> None:
+POLICY_PORTS = {
+    WORKER: ({("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671), ("TCP", 443)}, {("TCP", 8080)}),
+    INGRESS: ({("UDP", 53), ("TCP", 53), ("TCP", 5672), ("TCP", 5671)}, {("TCP", 8081)}),
+}
+
+
+@pytest.mark.parametrize(("overlay", "name"), DEPLOYMENTS)
+def test_network_policy_allows_only_dns_broker_and_https(overlay: str, name: str) -> None:
     """Worker egress: DNS, AMQP(S), HTTPS; ingress egress: DNS and AMQP(S); each in on its one port."""
+    egress, ingress = POLICY_PORTS[name]
     policy = _one(_built(overlay), "NetworkPolicy", name)["spec"]
     assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": name}
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
@@ -371,7 +470,7 @@ def test_network_policy_allows_only_dns_broker_and_https(
     assert ingress_ports == ingress
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", INGRESS_OVERLAYS)
 def test_worker_and_ingress_selectors_never_overlap(overlay: str) -> None:
     """Nothing that selects the worker's pods selects the ingress's, and the other way round."""
     docs = _built(overlay)
@@ -392,7 +491,7 @@ def test_worker_and_ingress_selectors_never_overlap(overlay: str) -> None:
         assert matched == [doc["metadata"]["name"].removesuffix("-metrics")], doc["metadata"]["name"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", INGRESS_OVERLAYS)
 def test_ingress_runs_the_ingress_command_and_exposes_only_the_events_path(overlay: str) -> None:
     """The ingress pod runs `workflow-canceller ingress` on the configured port; the Ingress routes
     exactly POST /v1/events to it (probes and metrics stay inside the cluster)."""
@@ -413,12 +512,13 @@ def test_ingress_runs_the_ingress_command_and_exposes_only_the_events_path(overl
     assert tls_hosts == [rule["host"]]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize(
-    ("monitor_name", "service_name"), [(WORKER, "workflow-canceller-metrics"), (INGRESS, INGRESS)]
-)
-def test_metrics_are_scraped_and_rules_shipped(overlay: str, monitor_name: str, service_name: str) -> None:
+MONITORED_SERVICES = {WORKER: "workflow-canceller-metrics", INGRESS: INGRESS}
+
+
+@pytest.mark.parametrize(("overlay", "monitor_name"), DEPLOYMENTS)
+def test_metrics_are_scraped_and_rules_shipped(overlay: str, monitor_name: str) -> None:
     """Each ServiceMonitor scrapes its Service's port; the PrometheusRule is the rule file."""
+    service_name = MONITORED_SERVICES[monitor_name]
     docs = _built(overlay)
     service = _one(docs, "Service", service_name)
     monitor = _one(docs, "ServiceMonitor", monitor_name)["spec"]
