@@ -37,8 +37,8 @@ WORKER = "workflow-canceller"
 INGRESS = "workflow-canceller-ingress"
 # The components each overlay includes (deploy/components/), in order.
 COMPONENTS = {
-    "staging": ("keda", "webhook-ingress", "broker-tls"),
-    "production": ("keda", "broker-tls"),
+    "staging": ("keda", "webhook-ingress", "broker-tls", "site"),
+    "production": ("keda", "broker-tls", "site"),
 }
 INGRESS_OVERLAYS = tuple(o for o in OVERLAYS if "webhook-ingress" in COMPONENTS[o])
 # (overlay, Deployment) for every Deployment an overlay renders.
@@ -281,7 +281,8 @@ def test_overlays_include_the_components_the_tests_expect() -> None:
         assert names == COMPONENTS[overlay], overlay
         used |= set(names)
     components = {path.parent.name for path in (ROOT / "deploy/components").glob("*/kustomization.yaml")}
-    assert {"keda", "webhook-ingress", "broker-tls"} <= components
+    assert {"keda", "webhook-ingress", "broker-tls", "site"} <= components
+    assert all(COMPONENTS[overlay][-1] == "site" for overlay in OVERLAYS), "site applies last"
     assert components <= used, f"no overlay exercises {components - used}"
     for name in components:
         kustomization = _kustomization(ROOT / "deploy/components" / name)
@@ -318,14 +319,6 @@ def test_production_renders_no_example_host() -> None:
     assert not re.findall(r"[\w.-]*\.example\.(?:com|org|net)\b", text)
 
 
-@pytest.mark.parametrize("overlay", INGRESS_OVERLAYS)
-def test_ingress_host_is_the_overlays_own(overlay: str) -> None:
-    """An overlay with the webhook ingress serves (and has a certificate for) a host of its own."""
-    spec = _one(_built(overlay), "Ingress", INGRESS)["spec"]
-    hosts = [rule["host"] for rule in spec["rules"]] + [h for tls in spec["tls"] for h in tls["hosts"]]
-    assert hosts == [f"events.{overlay}.crm.example.com"] * 2
-
-
 TLS_SETTINGS = {WORKER: Settings, INGRESS: IngressSettings}
 
 
@@ -350,6 +343,78 @@ def test_broker_tls_files_come_from_a_secret_mounted_read_only(overlay: str, nam
     for variable, file in wanted.items():
         assert variable in settings, f"{variable} is not a setting of {TLS_SETTINGS[name].__name__}"
         assert env[variable] == f"{mount['mountPath']}/{file}"
+
+
+# ------------------------------------------------------------------------------------------------
+# site values
+
+
+def _site(overlay: str) -> dict[str, str]:
+    """The site values of an overlay (deploy/overlays/OVERLAY/site.yaml)."""
+    site = yaml.safe_load((ROOT / "deploy/overlays" / overlay / "site.yaml").read_text())
+    assert site["metadata"]["name"] == "workflow-canceller-site"
+    assert site["metadata"]["annotations"]["config.kubernetes.io/local-config"] == "true"
+    return dict(site["data"])
+
+
+def _image_tag(overlay: str) -> str:
+    """The tag the overlay sets on the workflow-canceller image."""
+    (image,) = [
+        i for i in _kustomization(ROOT / "deploy/overlays" / overlay)["images"] if i["name"] == WORKER
+    ]
+    return str(image["newTag"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_carries_version_part_of_and_managed_by(overlay: str) -> None:
+    """Every rendered object is labelled with the overlay's release (its image tag), the site's
+    part-of and managed-by; site.yaml itself is build input and is not rendered."""
+    docs = _built(overlay)
+    assert len(docs) >= 10
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        assert labels.get("app.kubernetes.io/version") == _image_tag(overlay), where
+        assert labels.get("app.kubernetes.io/part-of") == _site(overlay)["part-of"], where
+        assert labels.get("app.kubernetes.io/managed-by") == "kustomize", where
+    assert not [d for d in docs if d["metadata"]["name"] == "workflow-canceller-site"]
+    # Metadata only: a release must not change a selector.
+    for doc in docs:
+        selector = doc.get("spec", {}).get("selector", {})
+        assert "app.kubernetes.io/version" not in json.dumps(selector), doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_site_values_reach_the_objects(overlay: str) -> None:
+    """Prometheus address and namespace, broker namespace, ingress host, class and controller
+    namespace come from site.yaml; no "site.yaml:KEY" placeholder is left."""
+    docs = _built(overlay)
+    site = _site(overlay)
+    assert "site.yaml:" not in yaml.safe_dump_all(docs)
+    (trigger,) = _one(docs, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["serverAddress"] == site["prometheus-url"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert len(policies) == (2 if overlay in INGRESS_OVERLAYS else 1)
+    for policy in policies:
+        spec = policy["spec"]
+        broker = [r for r in spec["egress"] if {p["port"] for p in r["ports"]} == {5671, 5672}]
+        assert [peer["namespaceSelector"]["matchLabels"] for r in broker for peer in r["to"]] == [
+            {"kubernetes.io/metadata.name": site["broker-namespace"]}
+        ]
+        allowed_in = {
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for rule in spec["ingress"]
+            for peer in rule["from"]
+        }
+        if policy["metadata"]["name"] == INGRESS:
+            assert allowed_in == {site["prometheus-namespace"], site["ingress-controller-namespace"]}
+        else:
+            assert allowed_in == {site["prometheus-namespace"]}
+    if overlay in INGRESS_OVERLAYS:
+        spec = _one(docs, "Ingress", INGRESS)["spec"]
+        assert spec["ingressClassName"] == site["ingress-class"]
+        hosts = [rule["host"] for rule in spec["rules"]] + [h for tls in spec["tls"] for h in tls["hosts"]]
+        assert hosts == [site["ingress-host"]] * 2
 
 
 # ------------------------------------------------------------------------------------------------
