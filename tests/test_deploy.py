@@ -46,6 +46,11 @@ DEPLOYMENTS = [(o, WORKER) for o in OVERLAYS] + [(o, INGRESS) for o in INGRESS_O
 
 # One API key allows 150 requests / 60 s and one replica can use all of it (deploy/base/scaledobject.yaml).
 MAX_REPLICAS = 3
+# The scope the rule file is written for (the docker compose stack); each overlay's PrometheusRule
+# is rendered with the overlay's namespace and its site.yaml's vhost and runbook base.
+DEFAULT_VHOST = "/"
+DEFAULT_NAMESPACE = "workflow-canceller"
+DEFAULT_RUNBOOK_BASE = "https://git.example.com/crm/workflow-canceller/blob/main/docs/runbook.md"
 # Metric names used in queries that neither the worker nor RabbitMQ exports: Prometheus' own.
 PROMETHEUS_BUILTINS = {"up"}
 
@@ -213,6 +218,100 @@ def test_exported_names_include_suffixes() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# one site per query: vhost and namespace
+
+_SELECTOR = re.compile(
+    r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\''  # a string: skipped
+    r'|(?<![\w:])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{(?:"(?:\\.|[^"\\])*"|[^}"])*\})?(?!\s*\()'
+)
+_MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!=|!~|=)\s*"((?:\\.|[^"\\])*)"')
+
+
+def selectors(expr: str) -> list[tuple[str, set[tuple[str, str, str]]]]:
+    """(metric name, its label matchers) for each rabbitmq_*, canceller_* and up selector."""
+    found = []
+    for match in _SELECTOR.finditer(expr):
+        name, braces = match.group(1), match.group(2)
+        if name and (name.startswith(("rabbitmq_", "canceller_")) or name == "up"):
+            found.append((name, set(_MATCHER.findall(braces or ""))))
+    return found
+
+
+def unscoped(expr: str, vhost: tuple[str, str], namespace: tuple[str, str]) -> list[str]:
+    """The selectors of expr that lack the vhost matcher (rabbitmq_*) or the namespace matcher
+    (canceller_*, up); each matcher given as (operator, value)."""
+    missing = []
+    for name, matchers in selectors(expr):
+        label, wanted = ("vhost", vhost) if name.startswith("rabbitmq_") else ("namespace", namespace)
+        if (label, *wanted) not in matchers:
+            missing.append(f"{name} has no {label}{wanted[0]}{wanted[1]!r}")
+    return missing
+
+
+@pytest.mark.parametrize(
+    ("expr", "problems"),
+    [
+        ('sum(rabbitmq_a{vhost="/",queue=~"q"}) + canceller_b{namespace="ns"}', 0),
+        ('max by (queue) (rabbitmq_a{queue="q"})', 1),
+        ('rate(canceller_b[5m]) / rate(canceller_c{x="vhost"}[5m])', 2),
+        ('rabbitmq_a{vhost="other"} or up{job="j"} or up{namespace="ns"}', 2),
+        ('absent(rabbitmq_a{vhost="/",queue=~"rabbitmq_b{}"})', 0),
+    ],
+)
+def test_the_scope_check_finds_unscoped_selectors(expr: str, problems: int) -> None:
+    """The check below counts every selector without its vhost or namespace matcher, and only those."""
+    assert len(unscoped(expr, ("=", "/"), ("=", "ns"))) == problems
+
+
+def test_every_query_selects_one_vhost_and_namespace() -> None:
+    """Every rabbitmq_* selector in the rules, the KEDA query and the dashboard matches a vhost, and
+    every canceller_* and up selector a namespace: two sites never see each other's series."""
+    problems = []
+    seen: dict[str, int] = {}
+    for where, expr in _query_sources():
+        if where.startswith("dashboard"):
+            vhost, namespace = ("=", "$vhost"), ("=~", "$namespace")
+        elif where == "KEDA trigger":
+            vhost, namespace = ("=", "site.yaml:rabbitmq-vhost"), ("=", "")
+        else:
+            vhost, namespace = ("=", DEFAULT_VHOST), ("=", DEFAULT_NAMESPACE)
+        kind = where.split()[0]
+        seen[kind] = seen.get(kind, 0) + len(selectors(expr))
+        problems += [f"{where}: {problem}" for problem in unscoped(expr, vhost, namespace)]
+    assert not problems, "\n".join(problems)
+    # The check saw the selectors of all three: the dashboard's, the rules' and the KEDA query's.
+    assert seen["dashboard"] >= 40 and seen["rule"] >= 20 and seen["KEDA"] == 2, seen
+
+
+def test_dashboard_picks_one_site() -> None:
+    """The dashboard has single-valued namespace and vhost variables: no "All" that adds sites up."""
+    variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
+    for name, metric in (("namespace", "canceller_ready"), ("vhost", "rabbitmq_detailed_queue_messages")):
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["includeAll"] is False and variable["multi"] is False, name
+        assert variable["query"]["query"].startswith(f"label_values({metric}"), name
+        assert variable["query"]["query"].endswith(f", {name})"), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_built_overlay_watches_its_own_vhost_and_namespace(overlay: str) -> None:
+    """The overlay's KEDA query and alert rules select its site.yaml vhost and its namespace; the
+    broker alerts carry the namespace so that routing by namespace reaches the right team."""
+    docs = _built(overlay)
+    vhost = ("=", _site(overlay)["rabbitmq-vhost"])
+    namespace = ("=", _one(docs, "Namespace")["metadata"]["name"])
+    (trigger,) = _one(docs, "ScaledObject")["spec"]["triggers"]
+    assert unscoped(trigger["metadata"]["query"], vhost, namespace) == []
+    assert len(selectors(trigger["metadata"]["query"])) == 2
+    rules = [r for g in _one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    for rule in rules:
+        assert unscoped(rule["expr"], vhost, namespace) == [], rule["alert"]
+        if any(name.startswith("rabbitmq_") for name, _ in selectors(rule["expr"])):
+            assert rule["labels"]["namespace"] == namespace[1], rule["alert"]
+
+
+# ------------------------------------------------------------------------------------------------
 # alert rules
 
 
@@ -238,9 +337,33 @@ def test_alerts_cover_the_issue_and_say_what_to_do() -> None:
         doc = RUNBOOK
         annotations = rule["annotations"]
         assert len(annotations["description"]) > 80, name
-        assert annotations["runbook"] == f"{doc.relative_to(ROOT)}#{name.lower()}", name
+        assert annotations["runbook_url"] == f"{DEFAULT_RUNBOOK_BASE}#{name.lower()}", name
+        assert "runbook" not in annotations, f"{name}: runbook_url replaces the relative runbook link"
         assert name.lower() in _headings(doc), f"{doc.name} has no '### {name}' section"
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
+
+
+def _expected_groups(overlay: str) -> list[str]:
+    """The rule groups an overlay's PrometheusRule carries: the ingress's only with the ingress."""
+    names = [group["name"] for group in yaml.safe_load(RULES.read_text())["groups"]]
+    return [n for n in names if overlay in INGRESS_OVERLAYS or n != "workflow-canceller-ingress"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_alert_links_its_runbook_section_by_absolute_url(overlay: str) -> None:
+    """Each alert the overlay ships has runbook_url = the site's https runbook base + an anchor that
+    is a section of docs/runbook.md."""
+    base = _site(overlay)["runbook-base-url"]
+    assert base.startswith("https://") and "#" not in base
+    headings = _headings(RUNBOOK)
+    rules = [r for g in _one(_built(overlay), "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    assert len(rules) >= 10
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == base, rule["alert"]
+        assert anchor == rule["alert"].lower()
+        assert anchor in headings, f"docs/runbook.md has no section for {url}"
 
 
 def _headings(doc: Path) -> set[str]:
@@ -303,7 +426,8 @@ def test_optional_parts_are_not_in_the_base() -> None:
 
 def test_production_renders_no_example_host() -> None:
     """Production has no Ingress (it does not include the webhook ingress); no example host is
-    rendered except in the image name, which operators point at their registry."""
+    rendered except the two placeholders operators set: the image's registry and, in site.yaml,
+    where they keep the runbook."""
     docs = _built("production")
     assert not [d for d in docs if d["kind"] == "Ingress"]
     assert not [d for d in docs if d["metadata"]["name"].startswith(INGRESS)]
@@ -316,6 +440,7 @@ def test_production_renders_no_example_host() -> None:
     text = yaml.safe_dump_all(docs)
     for image in images:
         text = text.replace(image, "")
+    text = text.replace(_site("production")["runbook-base-url"] + "#", "")
     assert not re.findall(r"[\w.-]*\.example\.(?:com|org|net)\b", text)
 
 
@@ -595,7 +720,16 @@ def test_metrics_are_scraped_and_rules_shipped(overlay: str, monitor_name: str) 
     assert monitor["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     if monitor_name == WORKER:
         assert service["spec"]["publishNotReadyAddresses"] is True
-    rule = _one(docs, "PrometheusRule")
-    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    groups = _one(docs, "PrometheusRule")["spec"]["groups"]
+    assert [g["name"] for g in groups] == _expected_groups(overlay)
+    source = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    namespace = _one(docs, "Namespace")["metadata"]["name"]
+    vhost = _site(overlay)["rabbitmq-vhost"]
+    for rule in (r for g in groups for r in g["rules"]):
+        original = source[rule["alert"]]
+        expr = original["expr"].replace(f'vhost="{DEFAULT_VHOST}"', f'vhost="{vhost}"')
+        assert rule["expr"] == expr.replace(f'namespace="{DEFAULT_NAMESPACE}"', f'namespace="{namespace}"')
+        assert rule["for"] == original["for"]
+        assert rule["annotations"]["description"] == original["annotations"]["description"]
     namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
     assert namespaces == {_one(docs, "Namespace")["metadata"]["name"]}

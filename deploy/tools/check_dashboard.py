@@ -72,7 +72,8 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
     "$__interval": "1m",
     "$__range": "1h",
-    "$namespace": ".*",
+    "$namespace": "workflow-canceller",
+    "$vhost": "/",
 }
 
 
