@@ -44,7 +44,8 @@ INGRESS_OVERLAYS = tuple(o for o in OVERLAYS if "webhook-ingress" in COMPONENTS[
 # (overlay, Deployment) for every Deployment an overlay renders.
 DEPLOYMENTS = [(o, WORKER) for o in OVERLAYS] + [(o, INGRESS) for o in INGRESS_OVERLAYS]
 
-# One API key allows 150 requests / 60 s and one replica can use all of it (deploy/base/scaledobject.yaml).
+# One API key allows 150 requests / 60 s and one replica can use all of it
+# (deploy/components/keda/scaledobject.yaml).
 MAX_REPLICAS = 3
 # The scope the rule file is written for (the docker compose stack); each overlay's PrometheusRule
 # is rendered with the overlay's namespace and its site.yaml's vhost and runbook base.
