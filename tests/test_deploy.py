@@ -136,7 +136,9 @@ def promql_metric_names(expr: str) -> set[str]:
 def _query_sources() -> Iterator[tuple[str, str]]:
     """(where, PromQL) for every query of the dashboard, the alert rules and the KEDA trigger."""
     dashboard = json.loads(DASHBOARD.read_text())
-    for panel in dashboard["panels"]:
+    # A collapsed row keeps its panels inside it.
+    panels = [p for top in dashboard["panels"] for p in (top, *top.get("panels", []))]
+    for panel in panels:
         for target in panel.get("targets", []):
             yield f"dashboard panel {panel['title']!r}", target["expr"]
     for group in yaml.safe_load(RULES.read_text())["groups"]:
