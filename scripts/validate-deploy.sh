@@ -8,12 +8,15 @@
 #                                deploy/tools/check_compose.py (mounts, names, scrape targets,
 #                                the webhook ingress service)
 #   deploy/prometheus/           promtool check config, check rules, test rules
-#   deploy/base/prometheusrule   in sync with the rule file (deploy/tools/render_prometheusrule.py)
-#   deploy/overlays/*            kubectl kustomize (worker and webhook ingress), then
-#                                kubernetes-validate --strict for each
+#   deploy/overlays/*/prometheusrule.yaml
+#                                in sync with the rule file and the overlay's site.yaml and
+#                                namespace (deploy/tools/render_prometheusrule.py)
+#   deploy/overlays/*            every overlay (with the components it includes, deploy/components):
+#                                kubectl kustomize, then kubernetes-validate --strict for each
 #                                Kubernetes version in K8S_VERSIONS; the custom resources
 #                                (ScaledObject, ServiceMonitor, PrometheusRule) against their CRD
-#                                schemas with deploy/tools/crd-validate (kubernetes-models, npm)
+#                                schemas with deploy/tools/crd-validate (kubernetes-models, npm);
+#                                promtool parses the built alert rules and KEDA query (site values in)
 #   deploy/grafana/              deploy/tools/check_dashboard.py; every dashboard and KEDA query
 #                                parsed by promtool
 #
@@ -30,7 +33,9 @@ cd "$ROOT"
 VENV=${VENV:-$ROOT/.venv}
 PY=$VENV/bin/python
 K8S_VERSIONS=(1.30.0 1.37.0)
-OVERLAYS=(staging production)
+# Every overlay, so that a new one is validated without editing this list.
+mapfile -t OVERLAYS < <(find deploy/overlays -mindepth 2 -maxdepth 2 -name kustomization.yaml \
+    -printf '%h\n' | xargs -n1 basename | sort)
 MIN_KUSTOMIZE_MAJOR=5
 CACHE=${DEPLOY_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/workflow-canceller/deploy-tools}
 TMP=$(mktemp -d)
@@ -132,6 +137,19 @@ kubernetes_validate() {
     return "$status"
 }
 
+built_queries() {
+    # built_queries FILE: a rule file with a built overlay's alert rules and KEDA queries, as they
+    # will run there (vhost, namespace, runbook links from site.yaml), for promtool check rules.
+    "$PY" -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+groups = [g for d in docs if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"]]
+keda = [t["metadata"]["query"] for d in docs if d["kind"] == "ScaledObject"
+        for t in d["spec"]["triggers"] if t["type"] == "prometheus"]
+groups.append({"name": "keda", "rules": [{"record": f"keda:query_{i}", "expr": q} for i, q in enumerate(keda)]})
+yaml.safe_dump({"groups": groups}, sys.stdout)' <"$1"
+}
+
 crd_validate() {
     # crd_validate FILE: the custom resources of a built overlay against their CRD schemas.
     "$PY" -c 'import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)' \
@@ -146,7 +164,7 @@ check "promtool check config deploy/prometheus/prometheus.yml" \
     promtool check config deploy/prometheus/prometheus.yml
 check "promtool check rules" promtool check rules deploy/prometheus/rules/workflow-canceller.rules.yml
 check "promtool test rules" promtool test rules deploy/prometheus/rules/workflow-canceller.rules.test.yml
-check "PrometheusRule in sync with the rule file" "$PY" deploy/tools/render_prometheusrule.py --check
+check "PrometheusRules in sync with the rule file and site.yaml" "$PY" deploy/tools/render_prometheusrule.py --check
 
 for overlay in "${OVERLAYS[@]}"; do
     built=$TMP/$overlay.yaml
@@ -155,6 +173,13 @@ for overlay in "${OVERLAYS[@]}"; do
         passed=$((passed + 1))
         check "kubernetes-validate --strict $overlay (k8s ${K8S_VERSIONS[*]})" kubernetes_validate "$built"
         check "CRD schemas $overlay (${crd_kinds[*]##*/})" crd_validate "$built"
+        if built_queries "$built" >"$TMP/$overlay.rules.yml"; then
+            check "promtool check rules $overlay (built alert rules and KEDA query)" \
+                promtool check rules "$TMP/$overlay.rules.yml"
+        else
+            printf 'FAIL  extracting the alert rules and KEDA query of %s\n' "$overlay"
+            failed=$((failed + 1))
+        fi
     else
         printf 'FAIL  kubectl kustomize deploy/overlays/%s\n' "$overlay"
         printf '%s\n' "$out" | sed 's/^/        /'

@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboard.json"
 PROVISIONING = ROOT / "deploy/grafana/provisioning"
-SCALED_OBJECT = ROOT / "deploy/base/scaledobject.yaml"
+SCALED_OBJECT = ROOT / "deploy/components/keda/scaledobject.yaml"
 
 DATASOURCE = "${datasource}"
 REQUIRED_ROWS = (
@@ -72,7 +72,8 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
     "$__interval": "1m",
     "$__range": "1h",
-    "$namespace": ".*",
+    "$namespace": "workflow-canceller",
+    "$vhost": "/",
 }
 
 
@@ -185,7 +186,7 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
 
 
 def keda_queries() -> list[str]:
-    """The PromQL of every prometheus trigger in the base ScaledObject."""
+    """The PromQL of every prometheus trigger in the KEDA component's ScaledObject."""
     scaled = yaml.safe_load(SCALED_OBJECT.read_text())
     return [t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t.get("type") == "prometheus"]
 
