@@ -13,7 +13,8 @@ VENV := .venv$(if $(PYTHON),-$(notdir $(PYTHON)),)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install lint test test-fast run broker bench chaos soak soak-long scale scale-real audit
+.PHONY: help install lint test test-fast run broker bench chaos soak soak-long scale scale-real audit \
+	dashboard-picture
 
 help:
 	@echo "make run        run the worker against the local RabbitMQ (starts the DialNexa simulator if no API is configured)"
@@ -25,6 +26,7 @@ help:
 	@echo "make scale      a 20,000-workflow backlog at 150 calls per 0.6 s (production, 100 times faster): holds, calls per workflow, complaint latency"
 	@echo "make scale-real the same at 150 calls per 60 s for 12 minutes (real time)"
 	@echo "make audit      known vulnerabilities in the locked dependencies (asks the package index; not part of make test)"
+	@echo "make dashboard-picture  docs/dashboard.png from a real run (worker, ingress, simulator, Prometheus; ~4 min)"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -78,3 +80,8 @@ scale-real: install broker
 # Depends on what the package index serves today, so it is not part of `make test`'s verdict.
 audit: install
 	bash scripts/audit.sh
+
+# The README's dashboard picture: a real run scraped by a local Prometheus, every panel's queries
+# stored in docs/dashboard-data.json, the picture drawn from them (tests/test_dashboard_picture.py).
+dashboard-picture: install broker
+	bash scripts/dashboard-picture.sh
