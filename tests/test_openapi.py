@@ -30,7 +30,8 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
-from service import ingress, webhooks
+from service import ingress
+from service.ingress import signing
 from tests.support import BrokerProbe, campaign, complaint, wait_until, wf_ids
 
 pytestmark = pytest.mark.timeout(30)
@@ -92,7 +93,7 @@ def _app(settings: ingress.IngressSettings) -> tuple[web.Application, ingress.Br
     registry = CollectorRegistry()
     metrics = ingress.IngressMetrics.build(registry)
     link = ingress.BrokerLink(settings, metrics)
-    handler = ingress.Ingress(settings, webhooks.Verifier(settings.webhook_secrets), link, metrics)
+    handler = ingress.Ingress(settings, signing.Verifier(settings.webhook_secrets), link, metrics)
     return ingress.build_app(handler, link, registry), link
 
 

@@ -48,7 +48,7 @@ from drills.common import (
     start_worker,
     wait_for,
 )
-from service import webhooks
+from service.ingress import cloudevents, signing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import render_dashboard  # the sibling script, found through the path set just above
@@ -162,7 +162,7 @@ class Load:
                     event = self.event(invalid=self.random.random() < 0.02, campaign=batch > 1)
                     message = aio_pika.Message(
                         json.dumps(event).encode(),
-                        content_type=webhooks.STRUCTURED,
+                        content_type=cloudevents.STRUCTURED,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=event["id"],
                     )
@@ -172,7 +172,7 @@ class Load:
 
     def signed(self, body: bytes, **change: Any) -> dict[str, str]:
         when = int(change.get("at", time.time()))
-        headers = webhooks.sign(self.secret, f"msg_{uuid.uuid4().hex}", when, body)
+        headers = signing.sign(self.secret, f"msg_{uuid.uuid4().hex}", when, body)
         if change.get("forged"):
             headers["webhook-signature"] = "v1," + base64.b64encode(secrets.token_bytes(32)).decode()
         return headers
@@ -199,7 +199,7 @@ class Load:
                 change = {"forged": True}
             elif roll > 0.92:
                 change = {"at": time.time() - 900}
-            headers = {"Content-Type": webhooks.STRUCTURED, **self.signed(body, **change)}
+            headers = {"Content-Type": cloudevents.STRUCTURED, **self.signed(body, **change)}
         async with session.post(f"{self.ingress_url}/v1/events", data=body, headers=headers) as answer:
             await answer.read()
             self.webhooks[answer.status] = self.webhooks.get(answer.status, 0) + 1
