@@ -1,11 +1,15 @@
 """Draw the Grafana dashboard (deploy/grafana/dashboard.json) as a PNG, from real Prometheus data.
 
     python deploy/tools/render_dashboard.py query --prometheus URL --start S --end E [--scrape-s N]
+        [--var NAME=VALUE ...]
     python deploy/tools/render_dashboard.py render [--data FILE] [--out FILE]
 
-`query` runs every panel's PromQL (template variables replaced by their current value, `.*` for
-"All"; `$__interval` and `$__rate_interval` worked out the way Grafana does for the given scrape
-interval) against Prometheus's range API and stores the results in docs/dashboard-data.json.
+`query` runs every panel's PromQL (template variables replaced by the value given with `--var`,
+else their current value, `.*` for "All"; `$__interval` and `$__rate_interval` worked out the way
+Grafana does for the given scrape interval) against Prometheus's range API and stores the results,
+and the `--var` values, in docs/dashboard-data.json. A variable without "All" and without a current
+value (the dashboard's `namespace` and `vhost`: Grafana picks the first value it finds) must be
+given with `--var`.
 `render` lays the panels out by their gridPos and draws them (stat and time series panels: units,
 legends from legendFormat, thresholds, value mappings, stacking and fill) into docs/dashboard.png.
 The same data and the same dashboard always give the same pixels: `make dashboard-picture` makes
@@ -103,14 +107,19 @@ def targets(dashboard: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], di
                 yield f"{panel['id']}/{target.get('refId', 'A')}", panel, target
 
 
-def variable_values(dashboard: dict[str, Any]) -> dict[str, str]:
-    """Each template variable's value as it goes into a query: its current value; `allValue` or
-    `.*` for "All" or no value; a constant's or text box's query. Data source variables pick the
-    data source, not a value in the query, and are left out."""
+def variable_values(dashboard: dict[str, Any], chosen: dict[str, str] | None = None) -> dict[str, str]:
+    """Each template variable's value as it goes into a query: the one `chosen` for it; else its
+    current value; `allValue` or `.*` for "All" or no value; a constant's or text box's query. Data
+    source variables pick the data source, not a value in the query, and are left out. A chosen
+    value for a variable the dashboard does not have is an error."""
+    chosen = chosen or {}
     values: dict[str, str] = {}
     for variable in dashboard.get("templating", {}).get("list", []):
         kind = variable.get("type")
         if kind == "datasource":
+            continue
+        if variable["name"] in chosen:
+            values[str(variable["name"])] = str(chosen[variable["name"]])
             continue
         value = (variable.get("current") or {}).get("value")
         if isinstance(value, list):
@@ -120,7 +129,23 @@ def variable_values(dashboard: dict[str, Any]) -> dict[str, str]:
         if value in (None, "", "$__all") or isinstance(value, dict):
             value = variable.get("allValue") or ".*"
         values[str(variable["name"])] = str(value)
+    unknown = sorted(set(chosen) - set(values))
+    if unknown:
+        raise ValueError(f"the dashboard has no template variable {', '.join(unknown)}")
     return values
+
+
+def unchosen(dashboard: dict[str, Any], chosen: dict[str, str]) -> list[str]:
+    """Query variables without "All" and without a current value that `chosen` leaves out: Grafana
+    would pick the first value it finds, and a query for `.*` would find nothing."""
+    return [
+        str(variable["name"])
+        for variable in dashboard.get("templating", {}).get("list", [])
+        if variable.get("type") == "query"
+        and not variable.get("includeAll")
+        and (variable.get("current") or {}).get("value") in (None, "", [])
+        and variable["name"] not in chosen
+    ]
 
 
 def intervals(scrape_s: int) -> dict[str, str]:
@@ -147,9 +172,11 @@ def expand(expr: str, values: dict[str, str]) -> str:
     return _VARIABLE.sub(replace, expr)
 
 
-def expanded_targets(dashboard: dict[str, Any], scrape_s: int) -> dict[str, str]:
-    """key -> the PromQL sent to Prometheus."""
-    values = {**variable_values(dashboard), **intervals(scrape_s)}
+def expanded_targets(
+    dashboard: dict[str, Any], scrape_s: int, chosen: dict[str, str] | None = None
+) -> dict[str, str]:
+    """key -> the PromQL sent to Prometheus, with the variables' values `chosen` for the run."""
+    values = {**variable_values(dashboard, chosen), **intervals(scrape_s)}
     return {key: expand(str(target["expr"]), values) for key, _, target in targets(dashboard)}
 
 
@@ -157,12 +184,24 @@ def expanded_targets(dashboard: dict[str, Any], scrape_s: int) -> dict[str, str]
 # query: Prometheus's range API into the data file
 
 
-def query(prometheus: str, dashboard: dict[str, Any], start: int, end: int, scrape_s: int) -> dict[str, Any]:
+def query(
+    prometheus: str,
+    dashboard: dict[str, Any],
+    start: int,
+    end: int,
+    scrape_s: int,
+    chosen: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Every target's range query result, values rounded to 6 significant digits, times as seconds
-    from `start`; NaN and infinities (a quantile of nothing) are stored as null, drawn as gaps."""
+    from `start`; NaN and infinities (a quantile of nothing) are stored as null, drawn as gaps. The
+    variables' values `chosen` for the run are stored with the results (`variables`)."""
+    chosen = dict(chosen or {})
+    left_out = unchosen(dashboard, chosen)
+    if left_out:
+        raise ValueError("give a value for " + ", ".join(f"${name} (--var {name}=...)" for name in left_out))
     found: dict[str, Any] = {}
     titles = {key: str(panel.get("title", "")) for key, panel, _ in targets(dashboard)}
-    for key, expr in expanded_targets(dashboard, scrape_s).items():
+    for key, expr in expanded_targets(dashboard, scrape_s, chosen).items():
         params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": scrape_s})
         url = f"{prometheus.rstrip('/')}/api/v1/query_range?{params}"
         if not url.startswith(("http://", "https://")):
@@ -180,7 +219,7 @@ def query(prometheus: str, dashboard: dict[str, Any], start: int, end: int, scra
         ]
         series.sort(key=lambda item: json.dumps(item["labels"], sort_keys=True))
         found[key] = {"panel": titles[key], "expr": expr, "series": series}
-    return {"start": start, "end": end, "scrape_s": scrape_s, "targets": found}
+    return {"start": start, "end": end, "scrape_s": scrape_s, "variables": chosen, "targets": found}
 
 
 def _rounded(value: str) -> float | None:
@@ -194,7 +233,7 @@ def missing(dashboard: dict[str, Any], data: dict[str, Any]) -> list[str]:
     """Targets of the dashboard the data file has no result for, or a result of another query."""
     stored = data.get("targets", {})
     problems = []
-    for key, expr in expanded_targets(dashboard, int(data["scrape_s"])).items():
+    for key, expr in expanded_targets(dashboard, int(data["scrape_s"]), data.get("variables")).items():
         if key not in stored:
             problems.append(f"{key}: no data stored")
         elif stored[key]["expr"] != expr:
@@ -380,7 +419,7 @@ class _Canvas:
 def _header(canvas: _Canvas, dashboard: dict[str, Any], data: dict[str, Any]) -> None:
     axes = canvas.box(0, 0, WIDTH_PX, HEADER_PX)
     axes.text(GAP_PX, 20, dashboard.get("title", ""), fontsize=13, weight="bold", va="center")
-    values = variable_values(dashboard)
+    values = variable_values(dashboard, data.get("variables"))
     shown = "   ".join(f"{name}: {'All' if v == '.*' else v}" for name, v in values.items())
     start, end = (datetime.fromtimestamp(data[k], UTC) for k in ("start", "end"))
     span = f"{start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S} UTC"
@@ -549,6 +588,14 @@ def _timeseries(
 # the command
 
 
+def _assignment(text: str) -> tuple[str, str]:
+    """`--var NAME=VALUE` as (name, value)."""
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"--var takes NAME=VALUE, not {text!r}")
+    return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     """`query` or `render`; exit 1 with one line per problem."""
     parser = argparse.ArgumentParser(
@@ -562,12 +609,25 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--start", type=int, required=True, help="Unix seconds")
     ask.add_argument("--end", type=int, required=True, help="Unix seconds")
     ask.add_argument("--scrape-s", type=int, default=2, help="Prometheus's scrape interval (default 2)")
+    ask.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        type=_assignment,
+        metavar="NAME=VALUE",
+        help="a template variable's value for this run (repeatable), e.g. --var vhost=crm",
+    )
     draw = commands.add_parser("render", help="draw the dashboard from --data")
     draw.add_argument("--out", type=Path, default=PICTURE)
     args = parser.parse_args(argv)
     dashboard = load(args.dashboard)
     if args.command == "query":
-        data = query(args.prometheus, dashboard, args.start, args.end, args.scrape_s)
+        chosen = dict(args.var)
+        try:
+            data = query(args.prometheus, dashboard, args.start, args.end, args.scrape_s, chosen)
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 1
         args.data.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True) + "\n")
         empty = sorted(key for key, found in data["targets"].items() if not found["series"])
         print(
