@@ -5,11 +5,14 @@
 Starts, on this machine and in a RabbitMQ vhost of its own: the DialNexa simulator (with latency,
 5xx answers, 429s and slow answers), a worker, the webhook ingress, and a Prometheus (a temporary
 directory, scrape every `--scrape-s` seconds) that scrapes the worker, the ingress and RabbitMQ's
-per-queue metrics (port 15692, the rabbitmq_prometheus plugin) the way deploy/prometheus does.
+per-queue metrics (port 15692, the rabbitmq_prometheus plugin) the way deploy/prometheus does: the
+worker and the ingress with the label namespace="workflow-canceller", RabbitMQ with only the run's
+vhost, under the metrics' own `vhost` label.
 Then it sends a changing load: CloudEvents over AMQP (campaigns and complaints, a burst that builds
 a backlog, a few invalid events that are dead-lettered) and signed webhooks to the ingress (both
 CloudEvents modes, replays, bad signatures). When the backlog has drained it asks Prometheus for
-every panel's queries (deploy/tools/render_dashboard.py query), stores the answers in
+every panel's queries (deploy/tools/render_dashboard.py query, with the dashboard's `namespace`
+and `vhost` variables set to that label and the run's vhost), stores the answers in
 docs/dashboard-data.json and draws docs/dashboard.png from them. Everything is stopped and the
 vhost deleted at the end, also on failure. Everything listens on and connects to 127.0.0.1 only.
 """
@@ -54,6 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import render_dashboard  # the sibling script, found through the path set just above
 
 RABBITMQ_METRICS_PORT = 15692
+# The namespace label of the worker's and the ingress's metrics (deploy/prometheus/prometheus.yml
+# gives the compose stack the same one; in Kubernetes it is the pods' namespace).
+NAMESPACE = "workflow-canceller"
 SIMULATOR_FLAGS = (
     "--latency-ms",
     "20",
@@ -78,17 +84,20 @@ WORKER_SETTINGS = {
 
 
 def prometheus_config(scrape_s: int, worker_port: int, ingress_port: int, vhost: str) -> str:
-    """deploy/prometheus/prometheus.yml's jobs, pointed at this run (RabbitMQ: only its vhost)."""
+    """deploy/prometheus/prometheus.yml's jobs, pointed at this run: the worker and the ingress with
+    the `namespace` label the dashboard selects; RabbitMQ's queues of only this run's vhost, whose
+    metrics carry their own `vhost` label (no target label of that name, which would rename it)."""
+    labels = {"namespace": NAMESPACE}
     config = {
         "global": {"scrape_interval": f"{scrape_s}s", "evaluation_interval": f"{scrape_s}s"},
         "scrape_configs": [
             {
                 "job_name": "workflow-canceller",
-                "static_configs": [{"targets": [f"{HOST}:{worker_port}"]}],
+                "static_configs": [{"targets": [f"{HOST}:{worker_port}"], "labels": labels}],
             },
             {
                 "job_name": "workflow-canceller-ingress",
-                "static_configs": [{"targets": [f"{HOST}:{ingress_port}"]}],
+                "static_configs": [{"targets": [f"{HOST}:{ingress_port}"], "labels": labels}],
             },
             {
                 "job_name": "rabbitmq-detailed",
@@ -312,7 +321,10 @@ async def run(args: argparse.Namespace) -> int:
             print(f"run: {load.sent} AMQP events, webhooks by status {dict(sorted(load.webhooks.items()))}")
 
             dashboard = render_dashboard.load()
-            data = render_dashboard.query(f"http://{HOST}:{prom_port}", dashboard, start, end, args.scrape_s)
+            chosen = {"namespace": NAMESPACE, "vhost": vhost.name}
+            data = render_dashboard.query(
+                f"http://{HOST}:{prom_port}", dashboard, start, end, args.scrape_s, chosen
+            )
             render_dashboard.DATA.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True) + "\n")
             empty = sorted(key for key, found in data["targets"].items() if not found["series"])
             print(f"run: {len(data['targets'])} queries stored; without series: {', '.join(empty) or 'none'}")
