@@ -52,11 +52,20 @@ def data() -> dict[str, Any]:
 def test_every_panel_and_query_has_stored_results(dashboard: dict[str, Any], data: dict[str, Any]) -> None:
     """Each query of each panel has results stored for exactly that query, and nothing else is stored."""
     assert renderer.missing(dashboard, data) == [], REGENERATE
-    expected = set(renderer.expanded_targets(dashboard, data["scrape_s"]))
-    assert set(data["targets"]) == expected, REGENERATE
+    expected = renderer.expanded_targets(dashboard, data["scrape_s"], data["variables"])
+    assert {key: found["expr"] for key, found in data["targets"].items()} == expected, REGENERATE
     queried = {key.split("/")[0] for key in expected}
     drawn = {str(p["id"]) for p in renderer.panels(dashboard) if p.get("type") != "row"}
     assert drawn == queried  # every panel that draws something has a query
+
+
+def test_the_run_chose_every_variable_grafana_would_pick_a_value_for(
+    dashboard: dict[str, Any], data: dict[str, Any]
+) -> None:
+    """The run stored a value for each single-valued variable without a default (namespace, vhost)."""
+    assert renderer.unchosen(dashboard, data["variables"]) == [], REGENERATE
+    assert {"namespace", "vhost"} <= set(data["variables"])
+    assert all(value and value != ".*" for value in data["variables"].values())
 
 
 def test_the_run_behind_the_picture_exercised_the_dashboard(data: dict[str, Any]) -> None:
@@ -103,6 +112,28 @@ def test_template_variables_are_substituted_from_the_dashboard() -> None:
     )
     with pytest.raises(ValueError, match=r"unknown variable \$cluster"):
         renderer.expand('up{cluster="$cluster"}', values)
+
+
+def test_values_chosen_for_the_run_go_in_and_are_required_where_grafana_picks_one() -> None:
+    """A chosen value beats the current one; a single-valued variable without a value must be chosen."""
+    templating = {
+        "list": [
+            {"name": "namespace", "type": "query", "current": {"value": "old"}},
+            {"name": "vhost", "type": "query", "current": {}, "includeAll": False},
+            {"name": "pod", "type": "query", "current": {}, "includeAll": True},
+        ]
+    }
+    dashboard = {"templating": templating}
+
+    chosen = renderer.variable_values(dashboard, {"namespace": "ns", "vhost": "crm"})
+
+    assert chosen == {"namespace": "ns", "vhost": "crm", "pod": ".*"}
+    assert renderer.unchosen(dashboard, {}) == ["vhost"]
+    assert renderer.unchosen(dashboard, {"vhost": "crm"}) == []
+    with pytest.raises(ValueError, match="give a value for \\$vhost"):
+        renderer.query("http://127.0.0.1:1", dashboard, 0, 1, 2)
+    with pytest.raises(ValueError, match="no template variable cluster"):
+        renderer.variable_values(dashboard, {"cluster": "eu"})
 
 
 def test_a_panel_added_without_a_new_run_is_refused(dashboard: dict[str, Any], data: dict[str, Any]) -> None:
