@@ -39,8 +39,8 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 install: $(VENV)/.synced
 
 lint: install
-	$(VENV)/bin/ruff check service tests scripts deploy/tools bench drills
-	$(VENV)/bin/ruff format --check service tests scripts deploy/tools bench drills
+	$(VENV)/bin/ruff check service tests testkit scripts deploy/tools bench drills
+	$(VENV)/bin/ruff format --check service tests testkit scripts deploy/tools bench drills
 	$(VENV)/bin/mypy --strict service
 	bash scripts/check-noqa.sh
 
