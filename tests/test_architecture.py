@@ -108,7 +108,7 @@ def test_only_the_command_line_imports_the_composition_root() -> None:
 
 
 def test_the_package_imports_nothing_from_outside_it() -> None:
-    """The runtime package does not reach into tests, their shared helpers, benchmarks, drills or docs tooling."""
+    """The runtime package does not reach into tests, testkit, benchmarks, drills or docs tooling."""
     outside = ("tests", "testkit", "bench", "drills", "scripts")
     assert offending("service", outside) == []
 
