@@ -13,6 +13,7 @@ import aio_pika
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from service.config import Settings
 from service.dialnexa.http import Answer, ConnectError, NetworkError, ReadTimeout, RemoteProtocolError
 from testkit import campaign as campaign  # re-exported: the tests import these from here
 from testkit import complaint as complaint
@@ -46,6 +47,11 @@ class MockSession:
 
     async def aclose(self) -> None:
         return None
+
+
+def settings(**values: Any) -> Settings:
+    """Settings from keyword arguments only (no environment file), with an API key unless given."""
+    return Settings(_env_file=None, **{"dialnexa_api_key": "k:s", **values})
 
 
 def wf_ids(count: int, prefix: str = "wf") -> list[str]:
