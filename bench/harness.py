@@ -60,6 +60,11 @@ def summary(values: Iterable[float | None]) -> dict[str, float | int | None]:
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
 
 
+def summaries(runs: list[dict[str, Any]], *keys: str) -> dict[str, dict[str, float | int | None]]:
+    """`summary` of each key over the runs (a run without the key counts as missing)."""
+    return {key: summary(run.get(key) for run in runs) for key in keys}
+
+
 def write_json(name: str, data: Any) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}.json"

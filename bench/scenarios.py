@@ -454,11 +454,7 @@ async def scenario_b(ctx: Ctx) -> dict[str, Any]:
         "ideal_events_per_s": ideal,
         "runs": runs,
         "raw": raw,
-        "summary": {
-            "events_per_s": h.summary(r.get("events_per_s") for r in runs),
-            "share_of_ideal": h.summary(r.get("share_of_ideal") for r in runs),
-            "peak_rss_mib": h.summary(r.get("peak_rss_mib") for r in runs),
-        },
+        "summary": h.summaries(runs, "events_per_s", "share_of_ideal", "peak_rss_mib"),
     }
     h.write_json("b", result)
     return result
@@ -545,11 +541,7 @@ async def scenario_c(ctx: Ctx) -> dict[str, Any]:
         ]
         result[f"workers_{workers}"] = {
             "runs": runs,
-            "summary": {
-                "share_used": h.summary(r.get("share_used") for r in runs),
-                "share_429": h.summary(r.get("share_429") for r in runs),
-                "ok_per_s": h.summary(r.get("ok_per_s") for r in runs),
-            },
+            "summary": h.summaries(runs, "share_used", "share_429", "ok_per_s"),
         }
     h.write_json("c", result)
     return result
@@ -655,14 +647,11 @@ async def scenario_d(ctx: Ctx) -> dict[str, Any]:
     result = {
         "runs": runs,
         "summary": {
-            "p50_s": h.summary(r.get("p50_s") for r in runs),
-            "p99_s": h.summary(r.get("p99_s") for r in runs),
+            **h.summaries(
+                runs, "p50_s", "p99_s", "ok_p99_s", "output_p50_s", "output_p99_s", "campaign_ok_per_s"
+            ),
             "pooled_p99_s": percentile(pooled, 0.99),
             "pooled_n": len(pooled),
-            "ok_p99_s": h.summary(r.get("ok_p99_s") for r in runs),
-            "output_p50_s": h.summary(r.get("output_p50_s") for r in runs),
-            "output_p99_s": h.summary(r.get("output_p99_s") for r in runs),
-            "campaign_ok_per_s": h.summary(r.get("campaign_ok_per_s") for r in runs),
         },
     }
     h.write_json("d", result)
@@ -689,8 +678,7 @@ async def scenario_e(ctx: Ctx) -> dict[str, Any]:
         "terminal_cache_size": getattr(settings, "terminal_cache_size", None),
         "runs": runs,
         "summary": {
-            "peak_rss_mib": h.summary(r.get("peak_rss_mib") for r in runs),
-            "events_per_s": h.summary(r.get("events_per_s") for r in runs),
+            **h.summaries(runs, "peak_rss_mib", "events_per_s"),
             "slope_mib_per_10k_events": h.summary(
                 r.get("rss_curve", {}).get("slope_mib_per_10k_events") for r in runs
             ),
