@@ -39,8 +39,8 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 install: $(VENV)/.synced
 
 lint: install
-	$(VENV)/bin/ruff check service tests scripts deploy/tools bench drills
-	$(VENV)/bin/ruff format --check service tests scripts deploy/tools bench drills
+	$(VENV)/bin/ruff check service tests testkit scripts deploy/tools bench drills
+	$(VENV)/bin/ruff format --check service tests testkit scripts deploy/tools bench drills
 	$(VENV)/bin/mypy --strict service
 	bash scripts/check-noqa.sh
 
@@ -51,7 +51,8 @@ test: install lint broker
 	$(VENV)/bin/pytest
 
 test-fast: install
-	$(VENV)/bin/pytest tests/test_events.py tests/test_dialnexa.py tests/test_handler.py tests/test_units.py
+	$(VENV)/bin/pytest tests/test_events.py tests/test_dialnexa.py tests/test_handler.py tests/test_settings.py \
+		tests/test_log_redaction.py tests/test_retry.py tests/test_start_up.py
 
 run: install broker
 	bash scripts/run-local.sh

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drills.common import SimProcess
+from testkit import SimProcess
 
 from . import harness as h
 from . import report
@@ -152,7 +152,7 @@ async def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     try:
         found = await versions(broker)
-        sim = await SimProcess.start(h.RESULTS / "logs")  # the drills' simulator process
+        sim = await SimProcess.start(h.LOGS)
         ctx = Ctx(cfg, broker, sim)
         try:
             for key in args.only:

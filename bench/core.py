@@ -35,6 +35,7 @@ from service.config import Settings
 from service.dialnexa.http import Answer
 from service.observe import logs
 from service.observe.metrics import Metrics
+from testkit import campaign, encoded
 
 _HEADERS = CIMultiDictProxy(CIMultiDict([("Content-Type", "application/json"), ("Content-Length", "74")]))
 WARM_UP = 500
@@ -70,11 +71,7 @@ class Delivered:
 
     def __init__(self, n: int) -> None:
         event_id = uuid.uuid4()
-        self.body = (
-            b'{"specversion":"1.0","id":"%s","source":"crm","type":"campaign-ended",'
-            b'"time":"2026-11-29T18:00:00Z","data":{"campaign_id":"c1","workflow_ids":["wf_%d"]}}'
-            % (str(event_id).encode(), n)
-        )
+        self.body = encoded(campaign([f"wf_{n}"], str(event_id)))
         self.content_type = "application/cloudevents+json"
         self.exchange = "crm.events"
         self.headers: dict[str, object] = {}

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -22,50 +21,35 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import aiohttp
 from pamqp import commands as spec
 
-from drills.common import (  # one copy of the process and /proc helpers for bench and drills
-    DrillError,
+from drills.common import cpu_seconds, machine_busy_seconds, proc_status
+from testkit import (
+    HOST,
+    PYTHON,
+    ROOT,
+    HarnessError,
     Proc,
-    cpu_seconds,
-    free_port,
-    http_get,
-    machine_busy_seconds,
-    proc_status,
+    campaign,
+    encoded,
+    processes,
+    run_cmd,
+    spawn_worker,
 )
+from testkit.processes import API_KEY
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-PYTHON = sys.executable
-HOST = "127.0.0.1"
+LOGS = RESULTS / "logs"
 AMQP_BASE = f"amqp://guest:guest@{HOST}:5672/"
-API_KEY = "sim_key:sim_secret"
 OUTPUT_KEY = "workflow-cancelled"
 
 if str(ROOT) not in sys.path:  # `service` is imported for its topology, so queue arguments match
     sys.path.insert(0, str(ROOT))
 
 
-class BenchError(DrillError):
-    """A trial could not run or finish (the scenario records it and goes on, as for any `DrillError`
-    the shared helpers raise)."""
-
-
-async def run_cmd(*argv: str, timeout_s: float = 60) -> tuple[int, str]:
-    """Run a command; (exit code, stdout+stderr). Code 127 when it is missing or times out."""
-    if shutil.which(argv[0]) is None:
-        return 127, f"{argv[0]} not found"
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return 127, "timeout"
-    return proc.returncode or 0, out.decode(errors="replace").strip()
+class BenchError(HarnessError):
+    """A trial could not run or finish (the scenario records it and goes on, as for any
+    `HarnessError` the shared helpers raise)."""
 
 
 def summary(values: Iterable[float | None]) -> dict[str, float | int | None]:
@@ -74,6 +58,11 @@ def summary(values: Iterable[float | None]) -> dict[str, float | int | None]:
     if not vals:
         return {"median": None, "min": None, "max": None, "n": 0}
     return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def summaries(runs: list[dict[str, Any]], *keys: str) -> dict[str, dict[str, float | int | None]]:
+    """`summary` of each key over the runs (a run without the key counts as missing)."""
+    return {key: summary(run.get(key) for run in runs) for key in keys}
 
 
 def write_json(name: str, data: Any) -> Path:
@@ -86,42 +75,9 @@ def write_json(name: str, data: Any) -> Path:
 # --- events ------------------------------------------------------------------------------------
 
 
-def campaign_body(ids: list[str], event_id: str) -> bytes:
-    """A campaign-ended CloudEvent (as tests/support.py builds it)."""
-    return json.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "urn:crm:bench",
-            "type": "campaign-ended",
-            "time": datetime.now(UTC).isoformat(),
-            "data": {"campaign_id": "cmp_bench", "workflow_ids": ids, "reason": "ended"},
-        }
-    ).encode()
-
-
-def complaint_body(ids: list[str], event_id: str) -> bytes:
-    return json.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "urn:crm:bench",
-            "type": "complaint-received",
-            "time": datetime.now(UTC).isoformat(),
-            "data": {
-                "complaint_id": f"cpl_{event_id[-8:]}",
-                "workflow_ids": ids,
-                "lead_id": "lead_bench",
-                "campaign_id": "cmp_bench",
-                "phone_number": "+15555550123",
-            },
-        }
-    ).encode()
-
-
 def single_workflow_events(count: int, tag: str) -> list[bytes]:
     """`count` campaign-ended events naming one unique workflow each."""
-    return [campaign_body([f"wf_{tag}_{n}"], f"evt_{tag}_{n}") for n in range(count)]
+    return [encoded(campaign([f"wf_{tag}_{n}"], f"evt_{tag}_{n}")) for n in range(count)]
 
 
 # --- broker ------------------------------------------------------------------------------------
@@ -281,32 +237,20 @@ class Trial:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def _clean_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
-    env.update(extra)
-    return env
+def _log_name(name: str) -> str:
+    """A log file of each process's own, so a trial's result can point at it."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}-{uuid.uuid4().hex[:4]}.log"
 
 
-async def spawn(name: str, argv: list[str], env: dict[str, str], port: int | None = None) -> Proc:
-    log_dir = RESULTS / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{name}-{uuid.uuid4().hex[:4]}.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            *argv, cwd=ROOT, env=_clean_env(env), stdout=log, stderr=asyncio.subprocess.STDOUT
-        )
-    return Proc(name, process, log_path, port)  # the drills' process handle: one kind for both
+async def spawn(name: str, argv: list[str], env: dict[str, str]) -> Proc:
+    return await processes.spawn(name, argv, env, LOGS, log_name=_log_name(name))
 
 
-def worker_env(
-    broker: Broker, trial: Trial, base_url: str, port: int, extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    return {
-        "CANCELLER_AMQP_URL": broker.url,
-        "CANCELLER_DIALNEXA_BASE_URL": base_url,
-        "CANCELLER_DIALNEXA_API_KEY": API_KEY,
-        "CANCELLER_HTTP_HOST": HOST,
-        "CANCELLER_HTTP_PORT": str(port),
+async def start_worker(
+    broker: Broker, trial: Trial, base_url: str, extra: dict[str, str] | None = None, name: str = "worker"
+) -> Proc:
+    """A worker process on this trial's names (not yet waited on)."""
+    env = {
         # WARNING as the benchmarks run the worker; BENCH_WORKER_LOG_LEVEL=INFO measures the
         # per-workflow log lines an operator gets by default.
         "CANCELLER_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
@@ -314,14 +258,7 @@ def worker_env(
         **trial.env(),
         **(extra or {}),
     }
-
-
-async def start_worker(
-    broker: Broker, trial: Trial, base_url: str, extra: dict[str, str] | None = None, name: str = "worker"
-) -> Proc:
-    port = free_port()
-    env = worker_env(broker, trial, base_url, port, extra)
-    return await spawn(name, [PYTHON, "-m", "service", "run"], env, port)
+    return await spawn_worker(broker.url, base_url, env, LOGS, name, _log_name(name))
 
 
 async def start_raw_loop(
@@ -339,20 +276,6 @@ async def start_raw_loop(
         "--loop", loop,
     ]  # fmt: skip
     return await spawn("raw-loop", argv, {})
-
-
-async def wait_http(proc: Proc, path: str, timeout_s: float = 30) -> float:
-    """Poll http://127.0.0.1:port/path until 200; seconds waited. BenchError if it dies or times out."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if not proc.alive:
-            raise BenchError(f"{proc.name} exited with {proc.process.returncode}: {proc.log_tail()}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-            status, _ = await http_get(f"http://{HOST}:{proc.port}{path}", timeout_s=1)
-            if status == 200:
-                return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    raise BenchError(f"{proc.name} not answering 200 on {path} after {timeout_s:.0f}s: {proc.log_tail()}")
 
 
 # --- measuring ---------------------------------------------------------------------------------

@@ -20,7 +20,16 @@ from typing import Any, get_args
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from drills.common import DrillError, SimProcess
+from testkit import (
+    HarnessError,
+    SimProcess,
+    campaign,
+    complaint,
+    encoded,
+    simulator_in_process,
+    wait_answering,
+    wait_until,
+)
 
 from . import harness as h
 from .harness import BenchError, Broker, Drain, Proc, Trial
@@ -140,7 +149,7 @@ async def guarded(what: str, trial: Callable[[], Awaitable[dict[str, Any]]]) -> 
     started = time.monotonic()
     try:
         result = await trial()
-    except (DrillError, OSError, TimeoutError, aio_pika.exceptions.AMQPException) as error:
+    except (HarnessError, OSError, TimeoutError, aio_pika.exceptions.AMQPException) as error:
         result = {"error": f"{type(error).__name__}: {error}"[:500]}
     result["trial"] = what
     result["wall_s"] = round(time.monotonic() - started, 1)
@@ -445,38 +454,13 @@ async def scenario_b(ctx: Ctx) -> dict[str, Any]:
         "ideal_events_per_s": ideal,
         "runs": runs,
         "raw": raw,
-        "summary": {
-            "events_per_s": h.summary(r.get("events_per_s") for r in runs),
-            "share_of_ideal": h.summary(r.get("share_of_ideal") for r in runs),
-            "peak_rss_mib": h.summary(r.get("peak_rss_mib") for r in runs),
-        },
+        "summary": h.summaries(runs, "events_per_s", "share_of_ideal", "peak_rss_mib"),
     }
     h.write_json("b", result)
     return result
 
 
 # --- scenario c: the rate limit, one and two workers ----------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def in_process_simulator(**config: Any) -> Any:
-    """The simulator in this process, for its call records (monotonic times, this clock)."""
-    from service.simulator import SimConfig, Simulator, start_simulator
-
-    sim = Simulator(SimConfig(**config))
-    runner, base_url = await start_simulator(sim, h.HOST, 0)
-    try:
-        yield sim, base_url
-    finally:
-        await runner.cleanup()
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def window_starts(started: list[float], window_s: float) -> list[float]:
@@ -496,7 +480,7 @@ async def rate_trial(ctx: Ctx, workers: int) -> dict[str, Any]:
     backlog = int(limit_per_s * seconds * 2 + 500)
     env = {"CANCELLER_DIALNEXA_MAX_RPS": f"{limit_per_s:g}"}
     async with (
-        in_process_simulator(rate_limit=cfg.c_limit, rate_window_s=cfg.c_window_s) as (sim, base_url),
+        simulator_in_process(rate_limit=cfg.c_limit, rate_window_s=cfg.c_window_s) as (sim, base_url),
         Trial(ctx.broker) as trial,
     ):
         await trial.preload_campaigns(h.single_workflow_events(backlog, trial.tag))
@@ -507,7 +491,7 @@ async def rate_trial(ctx: Ctx, workers: int) -> dict[str, Any]:
         )
         meter = h.CpuMeter({"workers": [p.pid for p in procs], "rabbitmq": h.broker_pids()})
         try:
-            await wait_for(lambda: sim.call_count > 0, 60, "the first DialNexa call")
+            await wait_until(lambda: sim.call_count > 0, timeout_s=60, what="the first DialNexa call")
             meter.start()
             first = min(c.started_at for c in sim.calls)
             end = first + seconds
@@ -557,11 +541,7 @@ async def scenario_c(ctx: Ctx) -> dict[str, Any]:
         ]
         result[f"workers_{workers}"] = {
             "runs": runs,
-            "summary": {
-                "share_used": h.summary(r.get("share_used") for r in runs),
-                "share_429": h.summary(r.get("share_429") for r in runs),
-                "ok_per_s": h.summary(r.get("ok_per_s") for r in runs),
-            },
+            "summary": h.summaries(runs, "share_used", "share_429", "ok_per_s"),
         }
     h.write_json("c", result)
     return result
@@ -575,12 +555,14 @@ async def complaint_trial(ctx: Ctx) -> dict[str, Any]:
     limit_per_s = cfg.d_limit / cfg.d_window_s
     env = {"CANCELLER_DIALNEXA_MAX_RPS": f"{limit_per_s:g}"}
     async with (
-        in_process_simulator(rate_limit=cfg.d_limit, rate_window_s=cfg.d_window_s) as (sim, base_url),
+        simulator_in_process(rate_limit=cfg.d_limit, rate_window_s=cfg.d_window_s) as (sim, base_url),
         Trial(ctx.broker) as trial,
     ):
         backlog = [
-            h.campaign_body(
-                [f"wf_{trial.tag}_{e}_{n}" for n in range(cfg.d_ids_per_event)], f"evt_{trial.tag}_{e}"
+            encoded(
+                campaign(
+                    [f"wf_{trial.tag}_{e}_{n}" for n in range(cfg.d_ids_per_event)], f"evt_{trial.tag}_{e}"
+                )
             )
             for e in range(cfg.d_backlog_events)
         ]
@@ -598,8 +580,8 @@ async def complaint_trial(ctx: Ctx) -> dict[str, Any]:
             outputs = await channel.get_queue(trial.outputs, ensure=False)
             await outputs.consume(on_output, no_ack=True)
             exchange = await channel.get_exchange(trial.names["input_exchange"], ensure=False)
-            await h.wait_http(proc, "/readyz")
-            await wait_for(lambda: sim.call_count > 0, 30, "the first DialNexa call")
+            await wait_answering(proc, "/readyz", timeout_s=30)
+            await wait_until(lambda: sim.call_count > 0, timeout_s=30, what="the first DialNexa call")
             await asyncio.sleep(cfg.d_warmup_s)  # the campaign backlog now drains at the limit
             published: dict[str, float] = {}
             count = round(cfg.d_seconds / cfg.d_interval_s)
@@ -607,7 +589,7 @@ async def complaint_trial(ctx: Ctx) -> dict[str, Any]:
             for n in range(count):
                 await asyncio.sleep(max(0.0, phase_start + n * cfg.d_interval_s - time.monotonic()))
                 workflow_id = f"wf_cpl_{trial.tag}_{n}"
-                body = h.complaint_body([workflow_id], f"evt_cpl_{trial.tag}_{n}")
+                body = encoded(complaint([workflow_id], f"evt_cpl_{trial.tag}_{n}", complaint_id=f"cpl_{n}"))
                 published[workflow_id] = time.monotonic()
                 await exchange.publish(
                     aio_pika.Message(body, content_type="application/cloudevents+json", delivery_mode=2),
@@ -615,8 +597,10 @@ async def complaint_trial(ctx: Ctx) -> dict[str, Any]:
                     timeout=10,
                 )
             phase_end = time.monotonic()
-            with contextlib.suppress(BenchError):  # whatever has not arrived by then is reported missing
-                await wait_for(lambda: len(arrived) >= len(published) or not proc.alive, 15, "outputs")
+            with contextlib.suppress(HarnessError):  # whatever has not arrived by then is reported missing
+                await wait_until(
+                    lambda: len(arrived) >= len(published) or not proc.alive, timeout_s=15, what="outputs"
+                )
             first_call: dict[str, float] = {}
             first_ok: dict[str, float] = {}
             campaign_ok = 0
@@ -663,14 +647,11 @@ async def scenario_d(ctx: Ctx) -> dict[str, Any]:
     result = {
         "runs": runs,
         "summary": {
-            "p50_s": h.summary(r.get("p50_s") for r in runs),
-            "p99_s": h.summary(r.get("p99_s") for r in runs),
+            **h.summaries(
+                runs, "p50_s", "p99_s", "ok_p99_s", "output_p50_s", "output_p99_s", "campaign_ok_per_s"
+            ),
             "pooled_p99_s": percentile(pooled, 0.99),
             "pooled_n": len(pooled),
-            "ok_p99_s": h.summary(r.get("ok_p99_s") for r in runs),
-            "output_p50_s": h.summary(r.get("output_p50_s") for r in runs),
-            "output_p99_s": h.summary(r.get("output_p99_s") for r in runs),
-            "campaign_ok_per_s": h.summary(r.get("campaign_ok_per_s") for r in runs),
         },
     }
     h.write_json("d", result)
@@ -697,8 +678,7 @@ async def scenario_e(ctx: Ctx) -> dict[str, Any]:
         "terminal_cache_size": getattr(settings, "terminal_cache_size", None),
         "runs": runs,
         "summary": {
-            "peak_rss_mib": h.summary(r.get("peak_rss_mib") for r in runs),
-            "events_per_s": h.summary(r.get("events_per_s") for r in runs),
+            **h.summaries(runs, "peak_rss_mib", "events_per_s"),
             "slope_mib_per_10k_events": h.summary(
                 r.get("rss_curve", {}).get("slope_mib_per_10k_events") for r in runs
             ),

@@ -49,26 +49,20 @@ from pamqp import commands as spec
 from pydantic import SecretStr
 
 from drills.common import (
-    API_KEY,
     BROKER_ERRORS,
-    PYTHON,
     RESULTS,
     DrillError,
-    Proc,
-    SimProcess,
     Vhost,
-    answers_200,
     connect,
-    free_port,
     machine,
     metric_sum,
     metrics,
     queue_depth,
-    spawn,
     stamp,
-    wait_for,
-    worker_env,
 )
+from service.core.events import COMPLAINT_RECEIVED
+from testkit import Proc, SimProcess, campaign, complaint, spawn_worker, wait_answering, wait_until
+from testkit.processes import API_KEY
 
 OUTPUTS_QUEUE = "chaos.outputs"
 INVALID_KINDS = (
@@ -177,23 +171,10 @@ class Plan:
 
 
 def _event(event_type: str, event_id: str, ids: list[str], n: int, rng: random.Random) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": "urn:crm:chaos",
-        "type": event_type,
-        "time": datetime.now(UTC).isoformat(),
-    }
-    if event_type == "complaint-received":
-        event["data"] = {
-            "complaint_id": f"cpl_{n}",
-            "workflow_ids": ids,
-            "lead_id": f"lead_{n}",
-            "phone_number": f"+1555{rng.randint(1_000_000, 9_999_999)}",
-        }
-    else:
-        event["data"] = {"campaign_id": f"cmp_{n % 101}", "workflow_ids": ids, "reason": "ended"}
-    return event
+    if event_type == COMPLAINT_RECEIVED:
+        phone = f"+1555{rng.randint(1_000_000, 9_999_999)}"
+        return complaint(ids, event_id, phone, complaint_id=f"cpl_{n}", lead_id=f"lead_{n}", campaign_id=None)
+    return campaign(ids, event_id, campaign_id=f"cmp_{n % 101}")
 
 
 def _invalid(kind: str, n: int, tag: str, rng: random.Random) -> tuple[bytes, str | None, list[str]]:
@@ -381,21 +362,12 @@ class Workers:
 
     async def start(self, name: str, timeout_s: float = 60) -> Proc:
         """Start a worker process and wait until it consumes (/readyz answers 200)."""
-        port = free_port()
-        env = worker_env(self.amqp_url, self.base_url, port, WORKER_SETTINGS)
         self.started += 1
-        argv = [PYTHON, "-m", "service", "run"]
-        proc = await spawn(f"{name}-{self.started}", argv, env, self.log_dir, port)
+        proc = await spawn_worker(
+            self.amqp_url, self.base_url, WORKER_SETTINGS, self.log_dir, name=f"{name}-{self.started}"
+        )
         self.running[name] = proc
-
-        async def ready() -> bool:
-            if not proc.alive:
-                raise DrillError(
-                    f"worker {proc.name} exited with {proc.process.returncode}: {proc.log_tail()}"
-                )
-            return await answers_200(port, "/readyz")
-
-        await wait_for(ready, timeout_s=timeout_s, what=f"worker {proc.name} ready")
+        await wait_answering(proc, "/readyz", timeout_s=timeout_s)
         return proc
 
     async def kill(self, name: str) -> None:
@@ -583,7 +555,7 @@ async def _drill(
             return await workers.inflight() == 0
 
         drain_started = time.monotonic()
-        await wait_for(
+        await wait_until(
             settled,
             timeout_s=config.deadline_s,
             what="every pair published and the queues empty",
@@ -660,7 +632,12 @@ async def _monkey(
                 # On a busy machine the first worker may have raced ahead while this one started:
                 # give it a bounded chance to compete before it is killed (no failure if not).
                 with contextlib.suppress(DrillError):
-                    await wait_for(b_settled_one, timeout_s=15, what="the second worker settling an event")
+                    await wait_until(
+                        b_settled_one,
+                        timeout_s=15,
+                        what="the second worker settling an event",
+                        interval_s=0.1,
+                    )
                 values = await metrics(port)
                 result.second_worker_processed += metric_sum(values, "canceller_events_processed_total")
                 await workers.kill("b")

@@ -1,27 +1,17 @@
-"""Plumbing shared by the drills: a vhost of the run's own, child processes (simulator, workers),
-the simulator's control API, reading /proc, and waiting on conditions with deadlines.
+"""Plumbing of the drills' own: a vhost of the run's own, worker processes in a run, metrics, and
+reading /proc (the processes, waiting and events they share with the tests and benchmarks are in
+`testkit`).
 
 Everything binds or connects to loopback only. Every wait has a deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
-import json
 import os
-import shutil
-import signal
-import socket
-import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
@@ -29,11 +19,9 @@ import aiohttp
 import aiormq
 from aio_pika.abc import AbstractConnection
 
-ROOT = Path(__file__).resolve().parent.parent
+from testkit import HOST, ROOT, HarnessError, Proc, http_get, run_cmd, spawn_worker, wait_answering
+
 RESULTS = ROOT / "drills" / "results"
-PYTHON = sys.executable
-HOST = "127.0.0.1"
-API_KEY = "sim_key:sim_secret"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
@@ -48,8 +36,8 @@ BROKER_ERRORS = (
 )
 
 
-class DrillError(Exception):
-    """The drill itself could not run (not a violated invariant)."""
+# The drill itself could not run (not a violated invariant): a wait timed out, a process died.
+DrillError = HarnessError
 
 
 def base_amqp_url() -> str:
@@ -57,52 +45,9 @@ def base_amqp_url() -> str:
     return os.environ.get("CANCELLER_TEST_AMQP_URL", DEFAULT_AMQP_URL)
 
 
-def free_port() -> int:
-    """A TCP port free right now on loopback."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def stamp() -> str:
     """A UTC timestamp for file names."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]],
-    *,
-    timeout_s: float,
-    what: str,
-    interval_s: float = 0.1,
-) -> None:
-    """Poll `condition` until it holds; `DrillError` naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise DrillError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(interval_s)
-
-
-async def run_cmd(*argv: str, timeout_s: float = 60) -> tuple[int, str]:
-    """Run a command; (exit code, stdout+stderr)."""
-    if shutil.which(argv[0]) is None:
-        raise DrillError(f"{argv[0]} not found on PATH")
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return 124, f"{argv[0]} timed out"
-    return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
 class Vhost:
@@ -154,167 +99,15 @@ async def queue_depth(connection: AbstractConnection, queue: str) -> int:
 # --- processes ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    """A child process with its log file (and HTTP port, when it serves one); bench uses it too."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    port: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
-    def log_tail(self, lines: int = 5) -> str:
-        with contextlib.suppress(OSError):
-            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
-            return " | ".join(tail)[-800:]
-        return ""
-
-    async def kill(self) -> int | None:
-        """SIGKILL (no chance to clean up) and reap."""
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-        await self.process.wait()
-        return self.process.returncode
-
-    async def stop(self, timeout_s: float = 30, sig: int = signal.SIGTERM) -> int | None:
-        """`sig` (SIGTERM), then SIGKILL after `timeout_s`; the exit code."""
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
-            try:
-                await asyncio.wait_for(self.process.wait(), timeout_s)
-            except TimeoutError:
-                return await self.kill()
-        return self.process.returncode
-
-
-async def spawn(
-    name: str, argv: list[str], env: dict[str, str], log_dir: Path, port: int | None = None
-) -> Proc:
-    """Start `argv` in the project root with a clean `CANCELLER_*` environment plus `env`."""
-    log_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  # once per process start
-    log_path = log_dir / f"{name}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CANCELLER_")}
-    full_env.update(env)
-    with log_path.open("ab") as log:
-        process = await asyncio.create_subprocess_exec(
-            *argv, cwd=ROOT, env=full_env, stdout=log, stderr=asyncio.subprocess.STDOUT
-        )
-    return Proc(name, process, log_path, port)
-
-
-async def http_get(url: str, timeout_s: float = 5) -> tuple[int, Any]:
-    """GET a URL: (status, JSON body or text)."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
-        text = await response.text()
-        with contextlib.suppress(ValueError):
-            return response.status, json.loads(text)
-        return response.status, text
-
-
-async def http_post(url: str, body: Any, timeout_s: float = 10) -> Any:
-    """POST JSON, expect 200, return the JSON answer."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.post(url, json=body) as response:
-        if response.status != 200:
-            raise DrillError(f"POST {url}: {response.status} {(await response.text())[:300]}")
-        return await response.json()
-
-
-async def answers_200(port: int, path: str) -> bool:
-    """Whether http://127.0.0.1:port/path answers 200 right now."""
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-        status, _ = await http_get(f"http://{HOST}:{port}{path}", timeout_s=1)
-        return status == 200
-    return False
-
-
-class SimProcess:
-    """The DialNexa simulator as its own process (`python -m service.simulator`)."""
-
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
-        self.base_url = f"http://{HOST}:{proc.port}/v1"
-        self.control = f"http://{HOST}:{proc.port}/_sim"
-
-    @classmethod
-    async def start(cls, log_dir: Path, *flags: str) -> SimProcess:
-        port = free_port()
-        argv = [PYTHON, "-m", "service.simulator", "--host", HOST, "--port", str(port), *flags]
-        proc = await spawn("simulator", argv, {}, log_dir, port)
-        sim = cls(proc)
-        await wait_for(sim._healthy, timeout_s=30, what="the simulator answering /healthz")
-        return sim
-
-    async def _healthy(self) -> bool:
-        if not self.proc.alive:
-            raise DrillError(f"simulator exited: {self.proc.log_tail()}")
-        assert self.proc.port is not None  # noqa: S101  # set by start()
-        return await answers_200(self.proc.port, "/healthz")
-
-    async def configure(self, **config: Any) -> Any:
-        return await http_post(f"{self.control}/config", config)
-
-    async def reset(self) -> None:
-        """Forget workflows, scripts, calls, counters and the rate window; keep the config."""
-        await http_post(f"{self.control}/reset", {})
-
-    async def set_workflows(self, statuses: dict[str, str]) -> None:
-        await http_post(f"{self.control}/workflows", statuses, timeout_s=60)
-
-    async def workflows(self) -> dict[str, str]:
-        _, body = await http_get(f"{self.control}/workflows", timeout_s=60)
-        if not isinstance(body, dict):
-            raise DrillError("simulator: /_sim/workflows did not answer an object")
-        return body
-
-    async def stats(self) -> dict[str, Any]:
-        _, body = await http_get(f"{self.control}/stats")
-        if not isinstance(body, dict):
-            raise DrillError("simulator: /_sim/stats did not answer an object")
-        return body
-
-
 async def start_worker(
     amqp_url: str, base_url: str, extra: dict[str, str], log_dir: Path, procs: list[Proc]
 ) -> Proc:
-    """A worker process (`python -m service run`) on a free port, put first in `procs` (stopped
-    first), returned once its /readyz answers 200."""
-    port = free_port()
-    env = worker_env(amqp_url, base_url, port, extra)
-    worker = await spawn("worker", [PYTHON, "-m", "service", "run"], env, log_dir, port)
+    """A worker process on a free port, put first in `procs` (stopped first), returned once its
+    /readyz answers 200."""
+    worker = await spawn_worker(amqp_url, base_url, extra, log_dir)
     procs.insert(0, worker)
-
-    async def ready() -> bool:
-        if not worker.alive:
-            raise DrillError(f"worker exited with {worker.process.returncode}: {worker.log_tail()}")
-        return await answers_200(port, "/readyz")
-
-    await wait_for(ready, timeout_s=60, what="the worker ready")
+    await wait_answering(worker, "/readyz")
     return worker
-
-
-def worker_env(amqp_url: str, base_url: str, port: int, extra: dict[str, str]) -> dict[str, str]:
-    """The environment of one worker process (the contract's default names, in the run's vhost)."""
-    return {
-        "CANCELLER_AMQP_URL": amqp_url,
-        "CANCELLER_DIALNEXA_BASE_URL": base_url,
-        "CANCELLER_DIALNEXA_API_KEY": API_KEY,
-        "CANCELLER_HTTP_HOST": HOST,
-        "CANCELLER_HTTP_PORT": str(port),
-        "CANCELLER_LOG_LEVEL": "WARNING",
-        **extra,
-    }
 
 
 async def metrics(port: int) -> dict[str, float]:

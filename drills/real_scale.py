@@ -48,24 +48,19 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from pamqp import commands as spec
 
-from bench.harness import campaign_body, complaint_body
 from drills.common import (
-    PYTHON,
     RESULTS,
     DrillError,
-    Proc,
-    SimProcess,
     Vhost,
     connect,
-    http_get,
     machine,
     metric_sum,
     metrics,
     queue_depth,
     stamp,
     start_worker,
-    wait_for,
 )
+from testkit import PYTHON, Proc, SimProcess, campaign, complaint, encoded, http_get, wait_until
 
 INPUT_EXCHANGE = "crm.events"
 OUTPUT_EXCHANGE = "workflow.events"
@@ -252,7 +247,7 @@ async def publish_backlog(connection: AbstractConnection, config: ScaleConfig, t
         for first in range(0, config.workflows, config.per_event):
             last = min(config.workflows, first + config.per_event)
             ids = [f"{BACKLOG_PREFIX}{n}" for n in range(first, last)]
-            batch.append(campaign_body(ids, f"evt_rs_{first // config.per_event}"))
+            batch.append(encoded(campaign(ids, f"evt_rs_{first // config.per_event}")))
             if len(batch) >= 50 or last >= config.workflows:
                 await asyncio.gather(
                     *(
@@ -285,7 +280,7 @@ async def publish_complaints(
         n = 0
         while not stop.is_set():
             workflow_id = f"{URGENT_PREFIX}{n}"
-            body = complaint_body([workflow_id], f"evt_urgent_{n}")
+            body = encoded(complaint([workflow_id], f"evt_urgent_{n}", complaint_id=f"cpl_urgent_{n}"))
             outputs.complaint_sent_at[workflow_id] = time.monotonic()
             await underlay.basic_publish(
                 body,
@@ -441,7 +436,7 @@ async def _wait_complaints(config: ScaleConfig, worker: Proc, run: Run) -> None:
         return run.outputs.complaints_outstanding == 0 or not worker.alive
 
     with contextlib.suppress(DrillError):
-        await wait_for(answered, timeout_s=max(10.0, 4 * config.max_hold_s), what="the last complaints")
+        await wait_until(answered, timeout_s=max(10.0, 4 * config.max_hold_s), what="the last complaints")
 
 
 # --- the report --------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ from aio_pika.abc import AbstractChannel
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from drills.common import API_KEY, HOST, Vhost, free_port, wait_for
+from drills.common import Vhost
+from testkit import HOST, free_port, simulator_in_process, wait_until
+from testkit.processes import API_KEY
 
 
 async def closed_channel_publish(vhost: Vhost) -> str | None:
@@ -40,7 +42,7 @@ async def closed_channel_publish(vhost: Vhost) -> str | None:
     exchange = await channel.declare_exchange("regressions.output", "topic", auto_delete=True)
     publisher = Publisher(channel, exchange, exchange, output_routing_key="k", timeout_s=5)
     await vhost.close_all_connections("regressions")
-    await wait_for(lambda: channel.is_closed, timeout_s=10, what="the cut reaching the client")
+    await wait_until(lambda: channel.is_closed, timeout_s=10, what="the cut reaching the client")
     try:
         await publisher._publish_cancelled(b"{}", "id", datetime.now(UTC))  # the raw publish is the point
     except BROKER_ERRORS:
@@ -58,45 +60,43 @@ async def cut_during_setup(vhost: Vhost) -> str | None:
     from service import app
     from service.broker import topology
     from service.config import Settings
-    from service.simulator import SimConfig, Simulator, start_simulator
 
-    runner, base_url = await start_simulator(Simulator(SimConfig(api_key=API_KEY)))
-    real_declare = topology.declare
-    cut = False
+    async with simulator_in_process() as (_, base_url):
+        real_declare = topology.declare
+        cut = False
 
-    async def declare_then_cut(channel: AbstractChannel, settings: Settings) -> Any:
-        nonlocal cut
-        exchanges = await real_declare(channel, settings)
-        if not cut:
-            cut = True
-            await vhost.close_all_connections("regressions")
-            await wait_for(lambda: channel.is_closed, timeout_s=10, what="the cut reaching the worker")
-        return exchanges
+        async def declare_then_cut(channel: AbstractChannel, settings: Settings) -> Any:
+            nonlocal cut
+            exchanges = await real_declare(channel, settings)
+            if not cut:
+                cut = True
+                await vhost.close_all_connections("regressions")
+                await wait_until(lambda: channel.is_closed, timeout_s=10, what="the cut reaching the worker")
+            return exchanges
 
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
-        amqp_url=SecretStr(vhost.url),
-        dialnexa_base_url=base_url,  # type: ignore[arg-type]  # validated into a URL
-        dialnexa_api_key=SecretStr(API_KEY),
-        http_port=free_port(),
-        http_host=HOST,
-        reconnect_initial_s=0.1,
-    )
-    topology.declare = declare_then_cut  # the worker declares at every connect
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(settings, CollectorRegistry(), stop))
-    try:
-        done, _ = await asyncio.wait({task}, timeout=8)
-        if not done:
-            return None  # still running after the cut: it reconnected
-        error = task.exception()
-        return f"the worker stopped: {type(error).__name__}: {error}" if error else "the worker returned"
-    finally:
-        topology.declare = real_declare
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(task, 30)
-        await runner.cleanup()
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
+            amqp_url=SecretStr(vhost.url),
+            dialnexa_base_url=base_url,  # type: ignore[arg-type]  # validated into a URL
+            dialnexa_api_key=SecretStr(API_KEY),
+            http_port=free_port(),
+            http_host=HOST,
+            reconnect_initial_s=0.1,
+        )
+        topology.declare = declare_then_cut  # the worker declares at every connect
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(settings, CollectorRegistry(), stop))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=8)
+            if not done:
+                return None  # still running after the cut: it reconnected
+            error = task.exception()
+            return f"the worker stopped: {type(error).__name__}: {error}" if error else "the worker returned"
+        finally:
+            topology.declare = real_declare
+            stop.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 30)
 
 
 async def run_all() -> dict[str, str | None]:

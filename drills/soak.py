@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import json
 import random
 import time
 import uuid
@@ -34,11 +33,8 @@ from pamqp import commands as spec
 from pydantic import SecretStr
 
 from drills.common import (
-    API_KEY,
     RESULTS,
     DrillError,
-    Proc,
-    SimProcess,
     Vhost,
     connect,
     cpu_seconds,
@@ -51,8 +47,9 @@ from drills.common import (
     sockets_to,
     stamp,
     start_worker,
-    wait_for,
 )
+from testkit import Proc, SimProcess, campaign, complaint, encoded, wait_until
+from testkit.processes import API_KEY
 
 TASKS_GAUGE = "canceller_asyncio_tasks"  # the worker's own gauge of tasks alive in its loop
 OUTPUTS_QUEUE = "soak.outputs"
@@ -122,31 +119,13 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
 
 def event_body(rng: random.Random, tag: str, n: int) -> tuple[str, bytes]:
     """(routing key, body) of the n-th soak event, naming unique workflows."""
-    now = datetime.now(UTC).isoformat()
+    event_id = f"evt_soak_{tag}_{n}"
     if rng.random() < 0.8:
         ids = [f"wf_soak_{tag}_{n}_{k}" for k in range(rng.randint(1, 3))]
-        event = {
-            "specversion": "1.0",
-            "id": f"evt_soak_{tag}_{n}",
-            "source": "urn:crm:soak",
-            "type": "campaign-ended",
-            "time": now,
-            "data": {"campaign_id": f"cmp_{n % 97}", "workflow_ids": ids, "reason": "ended"},
-        }
+        event = campaign(ids, event_id, campaign_id=f"cmp_{n % 97}")
     else:
-        event = {
-            "specversion": "1.0",
-            "id": f"evt_soak_{tag}_{n}",
-            "source": "urn:crm:soak",
-            "type": "complaint-received",
-            "time": now,
-            "data": {
-                "complaint_id": f"cpl_{n}",
-                "workflow_ids": [f"wfl_soak_{tag}_{n}"],
-                "lead_id": "lead_1",
-            },
-        }
-    return str(event["type"]), json.dumps(event).encode()
+        event = complaint([f"wfl_soak_{tag}_{n}"], event_id, None, complaint_id=f"cpl_{n}", campaign_id=None)
+    return str(event["type"]), encoded(event)
 
 
 async def _declare(url: str) -> None:
@@ -256,7 +235,7 @@ async def _soak(
                 return bool(result.samples) and result.samples[-1].processed >= publisher.published
 
             drain_timeout_s = config.drain_timeout_s or max(300.0, duration_s / 2)
-            await wait_for(drained, timeout_s=drain_timeout_s, what="every published event processed")
+            await wait_until(drained, timeout_s=drain_timeout_s, what="every published event processed")
             result.drain_s = time.monotonic() - drain_started
         finally:
             sampler.cancel()

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from service import app
 from service.config import Settings
-from service.simulator import SimConfig, Simulator, start_simulator
+from service.simulator import Simulator
+from testkit import simulator_in_process
 from tests.support import BrokerProbe, free_port, wait_until
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -93,10 +94,8 @@ def amqp_url(base_amqp_url: str, vhost: str | None) -> str:
 @pytest.fixture
 async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
     """The DialNexa simulator on a free local port: (state, base URL)."""
-    sim = Simulator(SimConfig(api_key=API_KEY))
-    runner, base_url = await start_simulator(sim)
-    yield sim, base_url
-    await runner.cleanup()
+    async with simulator_in_process(api_key=API_KEY) as served:
+        yield served
 
 
 @pytest.fixture

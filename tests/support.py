@@ -1,24 +1,26 @@
-"""Test helpers: waiting on conditions with deadlines, event builders, a broker probe, and the
-DialNexa client's seam (`MockSession`)."""
+"""Test helpers: a broker probe, workflow ids, and the DialNexa client's seam (`MockSession`); the
+event builders, waiting and free ports are `testkit`'s, shared with the benchmarks and drills (and
+named here too, where the tests import them from)."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import socket
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from service.config import Settings
 from service.dialnexa.http import Answer, ConnectError, NetworkError, ReadTimeout, RemoteProtocolError
+from testkit import campaign as campaign  # re-exported: the tests import these from here
+from testkit import complaint as complaint
+from testkit import encoded
+from testkit import free_port as free_port
+from testkit import wait_until as wait_until
 
-Condition = Callable[[], bool | Awaitable[bool]]
 Handler = Callable[[httpx.Request], httpx.Response]
 _FAILURES = {cls.__name__: cls for cls in (ConnectError, ReadTimeout, RemoteProtocolError)}
 
@@ -47,54 +49,9 @@ class MockSession:
         return None
 
 
-async def wait_until(condition: Condition, *, timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll `condition` until it holds; fail the test with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    """A TCP port that is free right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def campaign(ids: list[str], event_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A valid campaign-ended event naming `ids`."""
-    return {
-        "specversion": "1.0",
-        "id": event_id or f"evt_{uuid.uuid4().hex}",
-        "source": "urn:crm:test",
-        "type": "campaign-ended",
-        "time": "2026-11-29T10:00:00Z",
-        "data": {"campaign_id": "cmp_1", "workflow_ids": ids, "reason": "ended", **extra},
-    }
-
-
-def complaint(ids: list[str], event_id: str | None = None, phone: str = "+15555550123") -> dict[str, Any]:
-    """A valid complaint-received event naming `ids`, with a phone number (personal data)."""
-    return {
-        "specversion": "1.0",
-        "id": event_id or f"evt_{uuid.uuid4().hex}",
-        "source": "urn:crm:test",
-        "type": "complaint-received",
-        "data": {
-            "complaint_id": "cpl_1",
-            "workflow_ids": ids,
-            "lead_id": "lead_1",
-            "campaign_id": "cmp_1",
-            "phone_number": phone,
-        },
-    }
+def settings(**values: Any) -> Settings:
+    """Settings from keyword arguments only (no environment file), with an API key unless given."""
+    return Settings(_env_file=None, **{"dialnexa_api_key": "k:s", **values})
 
 
 def wf_ids(count: int, prefix: str = "wf") -> list[str]:
@@ -159,7 +116,7 @@ class BrokerProbe:
     ) -> None:
         """Publish one input message (persistent, confirmed) to the input exchange."""
         if isinstance(event, dict):
-            body = json.dumps(event).encode()
+            body = encoded(event)
             routing_key = routing_key or str(event["type"])
         else:
             body = event

@@ -108,8 +108,8 @@ def test_only_the_command_line_imports_the_composition_root() -> None:
 
 
 def test_the_package_imports_nothing_from_outside_it() -> None:
-    """The runtime package does not reach into tests, benchmarks, drills or docs tooling."""
-    outside = ("tests", "bench", "drills", "scripts")
+    """The runtime package does not reach into tests, testkit, benchmarks, drills or docs tooling."""
+    outside = ("tests", "testkit", "bench", "drills", "scripts")
     assert offending("service", outside) == []
 
 

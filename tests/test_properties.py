@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from service.core.events import EVENT_TYPES, MAX_WORKFLOWS, CampaignEnded, InvalidEvent, parse
+from service.core.events import EVENT_TYPES, MAX_WORKFLOWS, CampaignEnded, InvalidEvent, cloudevent, parse
 from service.core.ports import (
     AuthError,
     CancelResult,
@@ -219,8 +219,7 @@ def test_valid_content_types_accept_what_the_schema_accepts(event: dict[str, Any
 @given(ids=st.lists(valid_ids, min_size=1, max_size=30), kind=st.sampled_from(EVENT_TYPES))
 def test_valid_events_are_accepted_and_ids_kept_in_order(ids: list[str], kind: str) -> None:
     """Every event built to the contract parses, its ids de-duplicated in first-seen order."""
-    data: dict[str, Any] = {"workflow_ids": ids, "campaign_id": "cmp_1", "complaint_id": "cpl_1"}
-    event = {"specversion": "1.0", "id": "evt_1", "source": "urn:crm", "type": kind, "data": data}
+    event = cloudevent(kind, ids, campaign_id="cmp_1", complaint_id="cpl_1")
     parsed = parse_or_reject(json.dumps(event).encode(), "application/cloudevents+json")
     assert not isinstance(parsed, InvalidEvent), parsed
     assert list(parsed.data.workflow_ids) == list(dict.fromkeys(ids))

@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,12 +14,12 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service.simulator import SimConfig, Simulator, start_simulator
+from service.simulator import SimConfig, Simulator
+from testkit import SimProcess, simulator_in_process
 from tests.support import wait_until
 
 KEY = "sim_key:sim_secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Sim:
@@ -45,13 +41,8 @@ class Sim:
 @pytest_asyncio.fixture
 async def sim() -> AsyncIterator[Sim]:
     """A simulator with the default config on a free port."""
-    simulator = Simulator()
-    runner, base_url = await start_simulator(simulator)
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            yield Sim(simulator, base_url, client)
-    finally:
-        await runner.cleanup()
+    async with simulator_in_process() as (simulator, base_url), httpx.AsyncClient(timeout=5.0) as client:
+        yield Sim(simulator, base_url, client)
 
 
 @pytest.mark.asyncio
@@ -272,37 +263,19 @@ async def test_control_api(sim: Sim) -> None:
 
 
 @pytest.mark.asyncio
-async def test_cli_serves_and_exits_on_sigterm() -> None:
-    """The CLI prints its listening line, answers /healthz, and exits 0 on SIGTERM."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service.simulator",
-        "--port",
-        "0",
-        "--latency-ms",
-        "1",
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-    )
+async def test_cli_serves_and_exits_on_sigterm(tmp_path: Path) -> None:
+    """The CLI picks a free port and names it in its listening line, serves, and exits 0 on SIGTERM."""
+    sim = await SimProcess.start(tmp_path, "--latency-ms", "1")
     try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=10.0)).decode().strip()
-        prefix = "dialnexa-simulator listening on "
-        assert line.startswith(prefix) and line.endswith("/v1"), line
-        root = line.removeprefix(prefix).removesuffix("/v1")
+        first_line = sim.proc.log_text().splitlines()[0]
+        assert first_line == f"dialnexa-simulator listening on {sim.base_url}"
+        assert sim.base_url.startswith("http://127.0.0.1:") and sim.base_url.endswith("/v1")
         async with httpx.AsyncClient(timeout=5.0) as client:
-            assert (await client.get(f"{root}/healthz")).text == "ok"
-            response = await client.post(f"{root}/v1/workflows/wf_cli/cancel", headers=AUTH)
+            assert (await client.get(f"{sim.root}/healthz")).text == "ok"
+            response = await client.post(f"{sim.base_url}/workflows/wf_cli/cancel", headers=AUTH)
             assert response.status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), timeout=10.0) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await sim.proc.stop(timeout_s=10) == 0
 
 
 def test_config_validation() -> None:
@@ -382,26 +355,24 @@ async def test_scripted_answers_and_auth_come_before_faults(sim: Sim) -> None:
     assert sim.sim.fault_counts["5xx"] == 1
 
 
-async def _statuses(config: SimConfig, calls: int) -> list[int | None]:
-    simulator = Simulator(config)
-    runner, base_url = await start_simulator(simulator)
-    try:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            for i in range(calls):
-                with contextlib.suppress(httpx.TransportError):
-                    await client.post(f"{base_url}/workflows/wf_seed{i}/cancel", headers=AUTH)
-        return [c.status for c in simulator.calls]
-    finally:
-        await runner.cleanup()
+async def _statuses(calls: int, **config: Any) -> list[int | None]:
+    async with (
+        simulator_in_process(**config) as (simulator, base_url),
+        httpx.AsyncClient(timeout=2.0) as client,
+    ):
+        for i in range(calls):
+            with contextlib.suppress(httpx.TransportError):
+                await client.post(f"{base_url}/workflows/wf_seed{i}/cancel", headers=AUTH)
+    return [c.status for c in simulator.calls]
 
 
 @pytest.mark.asyncio
 async def test_seeded_faults_are_reproducible() -> None:
     """The same fault_seed gives the same sequence of answers; another seed gives another."""
     rates = {"fault_5xx": 0.3, "fault_drop": 0.1, "fault_429": 0.2, "fault_retry_after_s": 0.0}
-    first = await _statuses(SimConfig(fault_seed=7, **rates), 40)
-    again = await _statuses(SimConfig(fault_seed=7, **rates), 40)
-    other = await _statuses(SimConfig(fault_seed=8, **rates), 40)
+    first = await _statuses(40, fault_seed=7, **rates)
+    again = await _statuses(40, fault_seed=7, **rates)
+    other = await _statuses(40, fault_seed=8, **rates)
     assert first == again
     assert first != other
     assert {None, 429, 200} <= set(first)
@@ -435,31 +406,18 @@ async def test_control_api_sets_fault_rates_and_reseeds(sim: Sim) -> None:
 
 
 @pytest.mark.asyncio
-async def test_cli_fault_flags() -> None:
+async def test_cli_fault_flags(tmp_path: Path) -> None:
     """The CLI's fault flags reach the config: --fault-5xx 1 makes every call a server error."""
-    port = await asyncio.to_thread(_free_port)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.simulator", "--port", str(port),
-        "--fault-5xx", "1", "--fault-seed", "5", "--fault-timeout-s", "0.5",
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    sim = await SimProcess.start(
+        tmp_path, "--fault-5xx", "1", "--fault-seed", "5", "--fault-timeout-s", "0.5"
+    )
     try:
-        assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), timeout=10.0)
         async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.post(f"http://127.0.0.1:{port}/v1/workflows/wf_c/cancel", headers=AUTH)
+            response = await client.post(f"{sim.base_url}/workflows/wf_c/cancel", headers=AUTH)
             assert response.status_code in (500, 502, 503, 504)
-            stats = (await client.get(f"http://127.0.0.1:{port}/_sim/stats")).json()
-            assert stats["fault_counts"]["5xx"] == 1
+        assert (await sim.stats())["fault_counts"]["5xx"] == 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), timeout=10.0) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        assert await sim.proc.stop(timeout_s=10) == 0
 
 
 def test_fault_config_validation() -> None:
