@@ -44,17 +44,25 @@ trap 'rm -rf "$TMP"' EXIT
 passed=0
 failed=0
 
+# pass NAME / fail NAME [OUTPUT]: count one check and print its line (and OUTPUT, indented).
+pass() {
+    printf 'ok    %s\n' "$1"
+    passed=$((passed + 1))
+}
+fail() {
+    printf 'FAIL  %s\n' "$1"
+    [[ -z ${2:-} ]] || printf '%s\n' "$2" | sed 's/^/        /'
+    failed=$((failed + 1))
+}
+
 # check NAME COMMAND...: run COMMAND, print one line, and its output indented when it fails.
 check() {
     local name=$1 out
     shift
     if out=$("$@" 2>&1); then
-        printf 'ok    %s\n' "$name"
-        passed=$((passed + 1))
+        pass "$name"
     else
-        printf 'FAIL  %s\n' "$name"
-        printf '%s\n' "$out" | sed 's/^/        /'
-        failed=$((failed + 1))
+        fail "$name" "$out"
     fi
 }
 
@@ -169,21 +177,17 @@ check "PrometheusRules in sync with the rule file and site.yaml" "$PY" deploy/to
 for overlay in "${OVERLAYS[@]}"; do
     built=$TMP/$overlay.yaml
     if out=$(kubectl kustomize "deploy/overlays/$overlay" 2>&1 >"$built"); then
-        printf 'ok    kubectl kustomize deploy/overlays/%s\n' "$overlay"
-        passed=$((passed + 1))
+        pass "kubectl kustomize deploy/overlays/$overlay"
         check "kubernetes-validate --strict $overlay (k8s ${K8S_VERSIONS[*]})" kubernetes_validate "$built"
         check "CRD schemas $overlay (${crd_kinds[*]##*/})" crd_validate "$built"
         if built_queries "$built" >"$TMP/$overlay.rules.yml"; then
             check "promtool check rules $overlay (built alert rules and KEDA query)" \
                 promtool check rules "$TMP/$overlay.rules.yml"
         else
-            printf 'FAIL  extracting the alert rules and KEDA query of %s\n' "$overlay"
-            failed=$((failed + 1))
+            fail "extracting the alert rules and KEDA query of $overlay"
         fi
     else
-        printf 'FAIL  kubectl kustomize deploy/overlays/%s\n' "$overlay"
-        printf '%s\n' "$out" | sed 's/^/        /'
-        failed=$((failed + 1))
+        fail "kubectl kustomize deploy/overlays/$overlay" "$out"
     fi
 done
 
