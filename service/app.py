@@ -20,6 +20,7 @@ from .dialnexa.gateway import Gateway, TerminalCache
 from .dialnexa.http import AiohttpSession
 from .observe.metrics import Metrics
 from .observe.probes import Readiness, build_app, start_server
+from .observe.tracing import Tracing, note
 from .ratelimit.admission import PacedAdmission, Slots
 from .ratelimit.pacer import Pacer
 
@@ -27,30 +28,49 @@ log = structlog.get_logger("workflow_canceller.app")
 
 
 def retry_hook(metrics: Metrics) -> stamina.instrumentation.RetryHook:
-    """Count and log every quick in-process retry of a DialNexa call."""
+    """Count and log every quick in-process retry of a DialNexa call, and note it on the current
+    span (the delivery's `process` span) when one records."""
 
     def on_retry(details: stamina.instrumentation.RetryDetails) -> None:
         reason = type(details.caused_by).__name__
         metrics.dialnexa_retries.labels(reason).inc()
+        workflow_id = getattr(details.caused_by, "workflow_id", None)
         log.info(
             "dialnexa.retry_scheduled",
             retry_num=details.retry_num,
             wait_s=round(details.wait_for, 3),
             error=str(details.caused_by)[:200],
-            workflow_id=getattr(details.caused_by, "workflow_id", None),
+            workflow_id=workflow_id,
+        )
+        note(
+            "dialnexa.retry",
+            {
+                "dialnexa.retry.number": details.retry_num,
+                "dialnexa.retry.wait_s": round(details.wait_for, 3),
+                "error.type": reason,
+                "dialnexa.workflow.id": workflow_id or "",
+            },
         )
 
     return on_retry
 
 
-def build_gateway(settings: Settings, http: AiohttpSession, metrics: Metrics) -> Gateway:
+def build_gateway(
+    settings: Settings, http: AiohttpSession, metrics: Metrics, tracing: Tracing | None = None
+) -> Gateway:
     """The DialNexa client with its pacer, in-flight slots, admission and terminal cache."""
     pacer = Pacer(
         reserve_share=settings.complaint_reserved_budget,
         max_rps=settings.dialnexa_max_rps,
         reorder_slack=settings.concurrency,
     )
-    client = DialNexaClient(http, metrics, max_wait_s=settings.max_rate_limit_wait_s)
+    client = DialNexaClient(
+        http,
+        metrics,
+        max_wait_s=settings.max_rate_limit_wait_s,
+        tracing=tracing,
+        base_url=str(settings.dialnexa_base_url),
+    )
     # Campaign workflows admitted at once: what the pace finishes while a call may still start.
     # Until the API tells the pace, two rounds of the in-flight slots.
     admission = PacedAdmission(pacer, settings.start_window_s, unpaced=2 * settings.concurrency)
@@ -95,15 +115,20 @@ def settle_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Event) -> None:
-    """Run the worker until `stop` is set; return once everything is closed."""
+async def run(
+    settings: Settings, registry: CollectorRegistry, stop: asyncio.Event, tracing: Tracing | None = None
+) -> None:
+    """Run the worker until `stop` is set; return once everything is closed. `tracing` is built by
+    the command from the `OTEL_*` variables (off when not given)."""
+    tracing = tracing or Tracing()
     metrics = Metrics.build(registry)
     metrics.credentials_valid.set(1)
     stamina.instrumentation.set_on_retry_hooks([retry_hook(metrics)])
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(tracing.aclose)  # closed last: the final spans are exported
         http = http_session(settings, settings.concurrency)
         stack.push_async_callback(http.aclose)
-        gateway = build_gateway(settings, http, metrics)
+        gateway = build_gateway(settings, http, metrics, tracing)
 
         def rate_limited() -> str | None:
             """Not ready while DialNexa has told us to wait longer than a quick retry would."""
@@ -117,7 +142,7 @@ async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Eve
             build_app(readiness.report, registry), settings.http_host, settings.http_port
         )
         stack.push_async_callback(runner.cleanup)
-        worker = Worker(settings, gateway, metrics, readiness)
+        worker = Worker(settings, gateway, metrics, readiness, tracing)
         if settings.http_transport != "aiohttp":
             log.warning("settings.ignored", setting="CANCELLER_HTTP_TRANSPORT", value=settings.http_transport)
         log.info(
@@ -128,6 +153,7 @@ async def run(settings: Settings, registry: CollectorRegistry, stop: asyncio.Eve
             reserved_slots=settings.reserved_slots,
             event_loop=settings.event_loop,
             retry_delays_s=list(settings.retry_delays),
+            tracing=tracing.on,
         )
         settle_gc()
         await worker.run(stop)

@@ -59,8 +59,10 @@ BROKER_LIBRARIES = ("aio_pika", "aiormq", "pamqp")
 HTTP_LIBRARIES = ("aiohttp", "httpx")
 BROKER_SIDE = ("service.broker",)
 LIBRARIES = (*BROKER_LIBRARIES, *HTTP_LIBRARIES)
+TRACING_LIBRARIES = ("opentelemetry",)  # spans are made at the edges, never in the core
 CORE_MAY_NOT = (
     *LIBRARIES,
+    *TRACING_LIBRARIES,
     *BROKER_SIDE,
     "service.dialnexa",
     "service.ratelimit",

@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from ..core.events import WORKFLOW_CANCELLED, InboundEvent, trigger_of, workflow_cancelled
 from ..core.ports import CancelResult, PublishRefused
+from ..observe.tracing import TRACESTATE, Tracing, started
 
 log = structlog.get_logger("workflow_canceller.publisher")
 
@@ -42,7 +43,9 @@ class Publisher:
         requeue: AbstractExchange | None = None,
         source: str = "urn:workflow-canceller",
         published: Counter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing or Tracing()
         self._channel = channel
         self._output = output
         self._dead_letter = dead_letter
@@ -58,6 +61,7 @@ class Publisher:
         if result.outcome == "not_found":  # the core never announces these; nothing to publish
             return
         confirmed_at = datetime.now(UTC)
+        start = started()  # the trace of the event that started it, carried as its own attributes
         event_id, body = workflow_cancelled(
             workflow_id=result.workflow_id,
             outcome=result.outcome,
@@ -65,6 +69,7 @@ class Publisher:
             trigger=trigger_of(trigger),
             source=self._source,
             confirmed_at=confirmed_at,
+            extensions=start.headers() if start is not None else None,
         )
         await self._publish_cancelled(body, event_id, confirmed_at)
         if self._published is not None:
@@ -85,6 +90,21 @@ class Publisher:
             timestamp=confirmed_at,
         )
         channel = await self._channel.get_underlay_channel()
+        if self._tracing.on:  # a publish span; its context in the headers (the hop, not the start)
+            properties.headers = {}
+            with self._tracing.producing(
+                self._output.name, self._output_routing_key, event_id, properties.headers
+            ):
+                await self._basic_publish(channel, body, properties)
+            return
+        start = started()
+        if start is not None:  # tracing off here: the context that came in is passed on as is
+            properties.headers = dict[str, Any](start.headers())
+        await self._basic_publish(channel, body, properties)
+
+    async def _basic_publish(
+        self, channel: aiormq.abc.AbstractChannel, body: bytes, properties: aiormq.spec.Basic.Properties
+    ) -> None:
         with refusals(self._output.name, self._output_routing_key):
             await channel.basic_publish(
                 body,
@@ -103,7 +123,7 @@ class Publisher:
         drop: tuple[str, ...] = (),
     ) -> None:
         """Park a copy of `original` in a delay queue (through the default exchange)."""
-        await self._confirmed(self._channel.default_exchange, copy_message(original, headers, drop), queue)
+        await self._confirmed(self._channel.default_exchange, self._copy(original, headers, drop), queue)
 
     async def to_input(
         self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
@@ -112,16 +132,35 @@ class Publisher:
         (through the requeue exchange, so the state it carries is trusted)."""
         if self._requeue is None:
             raise PublishRefused("unroutable", "no requeue exchange on this publisher")
-        await self._confirmed(self._requeue, copy_message(original, headers, drop), "")
+        await self._confirmed(self._requeue, self._copy(original, headers, drop), "")
 
     async def to_dead_letter(
         self, original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...] = ()
     ) -> None:
         """Send a copy of `original`, body untouched, to the dead-letter exchange, without `drop`."""
-        copy = copy_message(original, headers, drop)
+        copy = self._copy(original, headers, drop)
         await self._confirmed(self._dead_letter, copy, original.routing_key or "")
 
+    @staticmethod
+    def _copy(
+        original: AbstractIncomingMessage, headers: dict[str, HeaderValue], drop: tuple[str, ...]
+    ) -> aio_pika.Message:
+        """`copy_message`, carrying the starting trace context of the delivery in its headers."""
+        start = started()
+        if start is not None:
+            headers = {**headers, **start.headers()}
+            if start.tracestate is None:
+                drop = (*drop, TRACESTATE)
+        return copy_message(original, headers, drop)
+
     async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
+        if self._tracing.on:  # the copy's own publish span; its headers keep the starting context
+            with self._tracing.producing(exchange.name, key, message.message_id, {}):
+                await self._publish(exchange, message, key)
+        else:
+            await self._publish(exchange, message, key)
+
+    async def _publish(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
         with refusals(exchange.name, key):
             await exchange.publish(message, key, mandatory=True, timeout=self._timeout_s)
 

@@ -18,21 +18,31 @@ from typing import Any
 import stamina
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from opentelemetry.trace import Span, Status, StatusCode
 
 from ..config import Settings
 from ..core.events import WORKFLOW_CANCELLED
-from ..core.outcomes import Abandon, CredentialsRejected
+from ..core.outcomes import Abandon, CredentialsRejected, DeadLetter, Outcome
 from ..core.ports import AuthError, DialNexaError
 from ..dialnexa.gateway import Gateway
 from ..observe.logs import short
 from ..observe.metrics import Metrics
 from ..observe.probes import Readiness
+from ..observe.tracing import Tracing
 from . import topology
 from .connection import SESSION_ERRORS, BrokerLost, Reconnects, close_quietly, connect, first
 from .intake import Intake
 from .publisher import Publisher
 
 log = structlog.get_logger("workflow_canceller.consumer")
+
+
+def traced(span: Span, outcome: Outcome) -> None:
+    """What the delivery came to, on its `process` span; an error status when it was dead-lettered."""
+    span.set_attribute("canceller.outcome", type(outcome).__name__)
+    if isinstance(outcome, DeadLetter):
+        span.set_attribute("error.type", outcome.reason)
+        span.set_status(Status(StatusCode.ERROR, outcome.error[:200]))
 
 
 class Worker:
@@ -42,8 +52,10 @@ class Worker:
         gateway: Gateway,
         metrics: Metrics,
         readiness: Readiness,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._api = gateway.client
         self._gateway = gateway
         self._metrics = metrics
@@ -119,6 +131,7 @@ class Worker:
             requeue=exchanges.requeue,
             source=self._settings.event_source,
             published=self._metrics.events_published.labels(WORKFLOW_CANCELLED),
+            tracing=self._tracing,
         )
 
     async def _open_queue(
@@ -225,7 +238,18 @@ class Worker:
         assert task is not None  # noqa: S101  # always inside a task here
         self._inflight.add(task)
         try:
-            outcome = await self._intake.process(message, publisher, queue)
+            with self._tracing.consuming(
+                body=message.body,
+                headers=message.headers,
+                exchange=message.exchange or "",
+                routing_key=message.routing_key or "",
+                queue=queue,
+                message_id=message.message_id,
+                delivery_tag=message.delivery_tag,
+            ) as span:
+                outcome = await self._intake.process(message, publisher, queue)
+                if span is not None:
+                    traced(span, outcome)
         finally:
             self._inflight.discard(task)
         if isinstance(outcome, CredentialsRejected):

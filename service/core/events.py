@@ -135,6 +135,13 @@ class WorkflowCancelled(_Strict):
     time: datetime = Field(description="when DialNexa confirmed the cancellation")
     datacontenttype: Literal["application/json"]
     data: WorkflowCancelledData
+    traceparent: str | None = Field(
+        default=None,
+        description="CloudEvents distributed tracing: the W3C trace context of the event that started it",
+    )
+    tracestate: str | None = Field(
+        default=None, description="CloudEvents distributed tracing: its tracestate"
+    )
 
 
 _INBOUND: TypeAdapter[InboundEvent] = TypeAdapter(Annotated[InboundEvent, Field(discriminator="type")])
@@ -231,8 +238,10 @@ def workflow_cancelled(
     trigger: dict[str, str],
     source: str,
     confirmed_at: datetime,
+    extensions: dict[str, str] | None = None,
 ) -> tuple[str, bytes]:
-    """The id and body of one `workflow-cancelled` event."""
+    """The id and body of one `workflow-cancelled` event; `extensions` are further attributes
+    (the trace context of the event that started it)."""
     event_id = cancelled_event_id(workflow_id, trigger["event_id"])
     data: dict[str, Any] = {"workflow_id": workflow_id, "outcome": outcome}
     if status is not None:
@@ -248,6 +257,8 @@ def workflow_cancelled(
         "datacontenttype": "application/json",
         "data": data,
     }
+    if extensions:
+        envelope.update(extensions)
     return event_id, orjson.dumps(envelope, option=orjson.OPT_UTC_Z)
 
 

@@ -17,8 +17,10 @@ import math
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..core.ports import (
     AuthError,
@@ -31,10 +33,14 @@ from ..core.ports import (
     TransportError,
 )
 from ..observe.metrics import Children, Metrics
+from ..observe.tracing import Tracing
 from ..ratelimit.headers import RateLimit, parse_rate_limit, parse_retry_after
 from .http import Answer, HttpSession
 
 TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+CANCEL_ROUTE = "workflows/{id}/cancel"  # the route template: spans are named by it, never by an id
+# Answers the contract treats as outcomes, not failures: no error on their client spans.
+_NOT_ERRORS = frozenset({404, 409})
 
 
 def _json(response: Answer) -> dict[str, Any]:
@@ -119,8 +125,23 @@ class Reply:
 class DialNexaClient:
     """The calls this service makes, over one injected `HttpSession`."""
 
-    def __init__(self, http: HttpSession, metrics: Metrics, max_wait_s: float = math.inf) -> None:
+    def __init__(
+        self,
+        http: HttpSession,
+        metrics: Metrics,
+        max_wait_s: float = math.inf,
+        *,
+        tracing: Tracing | None = None,
+        base_url: str = "",
+    ) -> None:
         self._http = http
+        self._tracing = tracing or Tracing()
+        # For the client spans: the route template under the base URL's path, and the server.
+        base = urlsplit(base_url)
+        self._route = base.path.rstrip("/") + "/" + CANCEL_ROUTE
+        self._server: dict[str, str | int] = {"server.address": base.hostname or ""}
+        if base.hostname:
+            self._server["server.port"] = base.port or (443 if base.scheme == "https" else 80)
         # Retry-After and X-RateLimit-Reset are believed up to this long (a proxy's `1e9` or a
         # date in 2099 must not stop every call for that long): CANCELLER_MAX_RATE_LIMIT_WAIT_S.
         self._max_wait_s = max_wait_s
@@ -135,7 +156,7 @@ class DialNexaClient:
         """POST workflows/{id}/cancel: what the answer means and its rate-limit headers.
         Raises only a `TransportError` (no answer)."""
         try:
-            response = await self._send("cancel", "POST", f"workflows/{workflow_id}/cancel")
+            response = await self._send("cancel", "POST", f"workflows/{workflow_id}/cancel", workflow_id)
         except DialNexaError as error:
             error.workflow_id = workflow_id
             raise
@@ -152,13 +173,47 @@ class DialNexaClient:
         `AuthError`; anything else raises its `StatusError`. A read (GET) would not do: a key can
         be allowed to read and not to cancel.
         """
-        response = await self._send("probe", "POST", f"workflows/{workflow_id}/cancel")
+        response = await self._send("probe", "POST", f"workflows/{workflow_id}/cancel", workflow_id)
         code = response.status_code
         if code == 404 or code == 409 or 200 <= code < 300:
             return
         raise status_error(response, time.time())
 
-    async def _send(self, operation: str, method: str, path: str) -> Answer:
+    async def _send(self, operation: str, method: str, path: str, workflow_id: str) -> Answer:
+        if self._tracing.on:
+            return await self._traced(operation, method, path, workflow_id)
+        return await self._untraced(operation, method, path)
+
+    async def _traced(self, operation: str, method: str, path: str, workflow_id: str) -> Answer:
+        """The request inside an HTTP client span named by the route template (the id is an attribute)."""
+        attributes: dict[str, str | int] = {
+            "http.request.method": method,
+            "url.template": self._route,
+            **self._server,
+            "dialnexa.operation": operation,
+            "dialnexa.workflow.id": workflow_id,
+        }
+        with self._tracing.tracer.start_as_current_span(
+            f"{method} {self._route}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                response = await self._untraced(operation, method, path)
+            except TransportError as error:
+                span.set_attribute("error.type", type(error).__name__)
+                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                raise
+            code = response.status_code
+            span.set_attribute("http.response.status_code", code)
+            if code >= 400 and code not in _NOT_ERRORS:
+                span.set_attribute("error.type", str(code))
+                span.set_status(Status(StatusCode.ERROR))
+            return response
+
+    async def _untraced(self, operation: str, method: str, path: str) -> Answer:
         started = time.perf_counter()
         try:
             response = await self._http.request(method, path)

@@ -18,6 +18,7 @@ from cachetools import TTLCache
 
 from ..core.ports import UNLIMITED, Admission, CancelResult, RateLimitedError
 from ..observe.metrics import Metrics
+from ..observe.tracing import note_wait
 from ..ratelimit.admission import Slots
 from ..ratelimit.headers import RateLimit
 from ..ratelimit.pacer import LANES, Lane, Pacer
@@ -109,6 +110,7 @@ class LaneApi:
         try:
             await g.pacer.acquire(self._lane, start_by)
             self._waits.observe(time.perf_counter() - started)
+            note_wait(self._lane, started, workflow_id)  # a span event, only while a span records
             self._inflight += 1
             try:
                 reply = await g.client.send_cancel(workflow_id)

@@ -17,12 +17,14 @@ signature tolerance is remembered (per process) and a replay is answered 202 wit
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from prometheus_client import REGISTRY
 
-from ..cli import EXIT_OK, run_until_signal
+from ..cli import EXIT_OK, EXIT_USAGE, run_until_signal
 from ..config import IngressSettings, WebhookSettings
+from ..observe.tracing import Tracing, TracingConfigError
 from . import signing
 from .http import Ingress, build_app, serve
 from .link import WEBHOOK_ID_HEADER, BrokerLink, Unavailable
@@ -61,5 +63,10 @@ def commands(command: Any) -> dict[str, Any]:
 
 def _run_ingress(_args: argparse.Namespace, settings: IngressSettings) -> int:
     """Serve until SIGTERM or SIGINT."""
-    run_until_signal(settings, lambda stop: serve(settings, REGISTRY, stop))
+    try:
+        tracing = Tracing.from_env("workflow-canceller-ingress")
+    except TracingConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    run_until_signal(settings, lambda stop: serve(settings, REGISTRY, stop, tracing))
     return EXIT_OK

@@ -11,11 +11,13 @@ import orjson
 import structlog
 from aiohttp import web
 from cachetools import TTLCache
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CollectorRegistry
 
 from ..config import IngressSettings
 from ..core.events import InboundEvent, InvalidEvent, parse
 from ..observe import probes
+from ..observe.tracing import Tracing
 from . import cloudevents, signing
 from .link import BrokerLink, Unavailable
 from .metrics import IngressMetrics
@@ -69,8 +71,10 @@ class Ingress:
         link: BrokerLink,
         metrics: IngressMetrics,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._verifier = verifier
         self._link = link
         self._metrics = metrics
@@ -83,11 +87,17 @@ class Ingress:
         )
 
     async def events(self, request: web.Request) -> web.Response:
-        try:
-            response = await self._accept(request)
-        except Problem as problem:
-            response = self._refuse(request, problem)
-        self._metrics.requests.labels(str(response.status)).inc()
+        with self._tracing.serving(request.method, "/v1/events", request.headers) as span:
+            try:
+                response = await self._accept(request)
+            except Problem as problem:
+                response = self._refuse(request, problem)
+            self._metrics.requests.labels(str(response.status)).inc()
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status)
+                if response.status >= 500:  # a server span's 4xx is the client's error, not ours
+                    span.set_attribute("error.type", str(response.status))
+                    span.set_status(Status(StatusCode.ERROR))
         return response
 
     async def _accept(self, request: web.Request) -> web.Response:
@@ -180,13 +190,21 @@ def build_app(ingress: Ingress, link: BrokerLink, registry: CollectorRegistry) -
     return app
 
 
-async def serve(settings: IngressSettings, registry: CollectorRegistry, stop: asyncio.Event) -> None:
-    """Run the ingress until `stop` is set: HTTP closes first (in-flight requests finish), then the broker."""
+async def serve(
+    settings: IngressSettings,
+    registry: CollectorRegistry,
+    stop: asyncio.Event,
+    tracing: Tracing | None = None,
+) -> None:
+    """Run the ingress until `stop` is set: HTTP closes first (in-flight requests finish), then the broker.
+    `tracing` is built by the command from the `OTEL_*` variables (off when not given)."""
+    tracing = tracing or Tracing()
     metrics = IngressMetrics.build(registry)
-    link = BrokerLink(settings, metrics)
-    ingress = Ingress(settings, signing.Verifier(settings.webhook_secrets), link, metrics)
+    link = BrokerLink(settings, metrics, tracing)
+    ingress = Ingress(settings, signing.Verifier(settings.webhook_secrets), link, metrics, tracing=tracing)
     link_stop = asyncio.Event()
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(tracing.aclose)  # closed last: the final spans are exported
         link_task = asyncio.create_task(link.run(link_stop))
         stack.push_async_callback(_stop_link, link_stop, link_task)
         runner = await probes.start_server(

@@ -17,6 +17,7 @@ from ..config import IngressSettings
 from ..core.events import InboundEvent
 from ..core.ports import PublishRefused
 from ..observe.logs import short
+from ..observe.tracing import Tracing, started
 from .cloudevents import STRUCTURED
 from .metrics import IngressMetrics
 
@@ -37,8 +38,11 @@ class Unavailable(Exception):
 class BrokerLink:
     """One connection and one confirming channel to the input exchange, kept up in the background."""
 
-    def __init__(self, settings: IngressSettings, metrics: IngressMetrics) -> None:
+    def __init__(
+        self, settings: IngressSettings, metrics: IngressMetrics, tracing: Tracing | None = None
+    ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._metrics = metrics
         self._exchange: AbstractExchange | None = None
         self._lost = asyncio.Event()
@@ -92,6 +96,19 @@ class BrokerLink:
         exchange = self._exchange
         if exchange is None:
             raise Unavailable("not_connected", "not connected to the broker")
+        headers: dict[str, str] = {WEBHOOK_ID_HEADER: webhook_id}
+        if self._tracing.on:
+            with self._tracing.producing(exchange.name, event.type, event.id, headers):
+                await self._publish(exchange, body, event, headers)
+            return
+        caller = started()  # tracing off here: the caller's context is passed on as is
+        if caller is not None:
+            headers.update(caller.headers())
+        await self._publish(exchange, body, event, headers)
+
+    async def _publish(
+        self, exchange: AbstractExchange, body: bytes, event: InboundEvent, headers: dict[str, str]
+    ) -> None:
         message = aio_pika.Message(
             body,
             content_type=STRUCTURED,
@@ -99,7 +116,7 @@ class BrokerLink:
             message_id=event.id,
             type=event.type,
             timestamp=datetime.now(UTC),
-            headers={WEBHOOK_ID_HEADER: webhook_id},
+            headers=dict(headers),
         )
         started = time.monotonic()
         result = "interrupted"  # until the broker answers (e.g. the process is stopping)

@@ -30,6 +30,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from .tracing import add_trace_ids
+
 SENSITIVE_KEYS = frozenset(
     {
         "phone_number",
@@ -175,6 +177,7 @@ def configure(
             *shared,
             structlog.processors.format_exc_info,
             redactor,
+            add_trace_ids,  # after the redactor: ids are not secrets, and would only fill its cache
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -189,6 +192,7 @@ def configure(
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 redactor,
+                add_trace_ids,
                 renderer,
             ],
         )
