@@ -231,6 +231,23 @@ async def simulator_in_process(**config: Any) -> AsyncIterator[tuple[Any, str]]:
         await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def serving(method: str, path: str, handler: Any) -> AsyncIterator[str]:
+    """A one-route aiohttp app on a free loopback port for the block: its base URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, HOST, port).start()
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        await runner.cleanup()
+
+
 async def run_cmd(*argv: str, timeout_s: float = 60) -> tuple[int, str]:
     """Run a command to completion: (exit code, stdout and stderr); 127 when it is not on PATH,
     124 when it outlives `timeout_s` (it is killed)."""

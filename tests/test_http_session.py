@@ -16,6 +16,7 @@ from service.core.ports import CancelResult, RateLimitedError, ServerError, Tran
 from service.dialnexa.client import DialNexaClient
 from service.dialnexa.http import AiohttpSession
 from service.observe.metrics import Metrics
+from testkit.processes import serving
 from tests.support import free_port
 
 
@@ -103,23 +104,17 @@ async def test_rate_limit_headers_are_read(simulator: Any) -> None:
 
 
 async def test_compressed_answer_is_decoded() -> None:
-    """A gzip-encoded answer is read as its JSON ."""
+    """A gzip-encoded answer is read as its JSON."""
 
     async def cancel(_request: web.Request) -> web.Response:
         body = gzip.compress(json.dumps({"id": "wf_gz", "status": "cancelled"}).encode())
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
         return web.Response(body=body, headers=headers)
 
-    app = web.Application()
-    app.router.add_post("/v1/workflows/{id}/cancel", cancel)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    http = session(f"http://127.0.0.1:{port}/v1")
-    try:
-        result = await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_gz")
-    finally:
-        await http.aclose()
-        await runner.cleanup()
+    async with serving("POST", "/v1/workflows/{id}/cancel", cancel) as base_url:
+        http = session(f"{base_url}/v1")
+        try:
+            result = await DialNexaClient(http, Metrics.build(CollectorRegistry())).cancel("wf_gz")
+        finally:
+            await http.aclose()
     assert result == CancelResult("wf_gz", "cancelled", "cancelled")

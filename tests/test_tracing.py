@@ -36,6 +36,7 @@ from service.observe import logs, tracing
 from service.observe.metrics import Metrics
 from service.observe.tracing import Tracing, TracingConfigError
 from service.simulator import Simulator
+from testkit.processes import serving
 from tests.support import BrokerProbe, MockSession, campaign, free_port, wait_until, wf_ids
 
 pytestmark = pytest.mark.timeout(60)
@@ -377,14 +378,8 @@ async def test_spans_arrive_at_an_otlp_receiver(monkeypatch: pytest.MonkeyPatch)
         received.append(message)
         return web.Response(status=200, content_type="application/x-protobuf", body=b"")
 
-    receiver = web.Application()
-    receiver.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(receiver)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    async with serving("POST", "/v1/traces", traces) as receiver_url:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver_url)
         monkeypatch.setenv("OTEL_SERVICE_NAME", "canceller-under-test")
         found = Tracing.from_env("workflow-canceller")
         assert found.on
@@ -394,8 +389,6 @@ async def test_spans_arrive_at_an_otlp_receiver(monkeypatch: pytest.MonkeyPatch)
         await client.cancel("wf_otlp_1")
         await found.aclose()  # exports what the batch holds
         await wait_until(lambda: bool(received), what="an OTLP export")
-    finally:
-        await runner.cleanup()
     (resource_spans,) = received[0].resource_spans
     resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
     assert resource["service.name"] == "canceller-under-test"
