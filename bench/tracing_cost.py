@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from drills.common import SimProcess
+from testkit import SimProcess
 
 from . import harness as h
 from .otlp_sink import receiver

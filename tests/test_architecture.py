@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,17 @@ def test_a_forbidden_import_is_caught() -> None:
     found = imports_of(fake)
     assert "service.core.ports" in found and "service.retry" in found
     assert offending("service.broker", ("service.core",))  # the broker side does use the core
+
+
+TOOL_MODULES = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for folder in ("bench", "drills", "scripts", "testkit", "deploy/tools")
+    for path in (ROOT / folder).glob("*.py")
+    if path.name != "__main__.py"
+)
+
+
+@pytest.mark.parametrize("module", TOOL_MODULES)
+def test_every_tool_module_imports(module: str) -> None:
+    """Benchmarks, drills, scripts and deploy tools import: a move in the package breaks no tool."""
+    importlib.import_module(module)

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +39,10 @@ import aio_pika
 import aiohttp
 from pydantic import SecretStr
 
-from drills.common import (
-    HOST,
-    PYTHON,
-    DrillError,
-    Proc,
-    SimProcess,
-    Vhost,
-    answers_200,
-    free_port,
-    spawn,
-    start_worker,
-    wait_for,
-)
+from drills.common import DrillError, Vhost, start_worker
 from service.ingress import cloudevents, signing
+from testkit import HOST, PYTHON, Proc, SimProcess, free_port, spawn, wait_until
+from testkit.processes import answers_200
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import render_dashboard  # the sibling script, found through the path set just above
@@ -247,7 +238,7 @@ async def run(args: argparse.Namespace) -> int:
         raise DrillError(
             "prometheus is not installed (Debian package prometheus; make dashboard-picture installs it)"
         )
-    await wait_for(
+    await wait_until(
         lambda: answers_200(RABBITMQ_METRICS_PORT, "/metrics"),
         timeout_s=30,
         what=f"RabbitMQ's Prometheus endpoint on port {RABBITMQ_METRICS_PORT} (rabbitmq_prometheus plugin)",
@@ -283,7 +274,7 @@ async def run(args: argparse.Namespace) -> int:
                 "ingress", [PYTHON, "-m", "service", "ingress"], ingress_env, logs, ingress_port
             )
             procs.append(ingress)
-            await wait_for(
+            await wait_until(
                 lambda: answers_200(ingress_port, "/readyz"), timeout_s=30, what="the ingress ready"
             )
 
@@ -304,7 +295,8 @@ async def run(args: argparse.Namespace) -> int:
                 prom_port,
             )
             procs.insert(0, prometheus)
-            await wait_for(lambda: answers_200(prom_port, "/-/ready"), timeout_s=60, what="Prometheus ready")
+            prometheus_ready = partial(answers_200, prom_port, "/-/ready")
+            await wait_until(prometheus_ready, timeout_s=60, what="Prometheus ready")
 
             start = int(time.time())
             print(
@@ -314,7 +306,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(args.quiet_s)
             load = Load(vhost.url, f"http://{HOST}:{ingress_port}", secret)
             await asyncio.gather(load.amqp(args.load_s), load.http(args.load_s))
-            await wait_for(lambda: queue_empty(vhost.name), timeout_s=300, what="the input queues drained")
+            await wait_until(lambda: queue_empty(vhost.name), timeout_s=300, what="the input queues drained")
             await asyncio.sleep(args.quiet_s)
             end = int(time.time())
             await asyncio.sleep(2 * args.scrape_s)  # the last samples are in
