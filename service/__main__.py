@@ -13,24 +13,19 @@ import sys
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from .cli import EXIT_OK, EXIT_USAGE, Command, run_until_signal
+from .cli import EXIT_USAGE, Command, serve_until_signal
 from .config import Settings, describe_errors, secret_values
 from .observe import logs
 from .observe.metrics import version
-from .observe.tracing import Tracing, TracingConfigError
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Consume and cancel until SIGTERM or SIGINT."""
     from . import app
 
-    try:
-        tracing = Tracing.from_env("workflow-canceller")
-    except TracingConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    run_until_signal(settings, lambda stop: app.run(settings, REGISTRY, stop, tracing))
-    return EXIT_OK
+    return serve_until_signal(
+        settings, "workflow-canceller", lambda stop, tracing: app.run(settings, REGISTRY, stop, tracing)
+    )
 
 
 def commands() -> dict[str, Command]:

@@ -7,13 +7,17 @@ import argparse
 import asyncio
 import importlib
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from .config import CommonSettings
+
+if TYPE_CHECKING:
+    from .observe.tracing import Tracing
 
 log = structlog.get_logger("workflow_canceller.cli")
 
@@ -35,6 +39,25 @@ class Command:
     run: Callable[[argparse.Namespace, Any], int]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     serves: bool = False
+
+
+def serve_until_signal(
+    settings: CommonSettings,
+    service_name: str,
+    serve: Callable[[asyncio.Event, Tracing], Awaitable[None]],
+) -> int:
+    """Build the tracing the `OTEL_*` variables describe, run `serve(stop, tracing)` until SIGTERM or
+    SIGINT, and return the exit code (2, with one line naming the variable, for a tracing setting
+    this service cannot follow). Only the serving commands load OpenTelemetry."""
+    from .observe.tracing import Tracing, TracingConfigError
+
+    try:
+        tracing = Tracing.from_env(service_name)
+    except TracingConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    run_until_signal(settings, lambda stop: serve(stop, tracing))
+    return EXIT_OK
 
 
 def run_until_signal(settings: CommonSettings, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -31,6 +31,8 @@ from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
 from service import app, ingress
+from service.cli import serve_until_signal
+from service.config import CommonSettings
 from service.dialnexa.client import DialNexaClient
 from service.observe import logs, tracing
 from service.observe.metrics import Metrics
@@ -366,6 +368,21 @@ def test_an_exporter_the_service_cannot_use_is_a_configuration_error(env: dict[s
     """An exporter or protocol not built in is refused, naming the variable."""
     with pytest.raises(TracingConfigError, match="OTEL_"):
         Tracing.from_env("workflow-canceller", env)
+
+
+def test_a_tracing_setting_the_service_cannot_use_stops_start_up_with_exit_code_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The serving commands refuse an unknown OTEL_TRACES_EXPORTER before they start, naming it."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    served: list[Tracing] = []
+
+    async def serve(_stop: asyncio.Event, tracing: Tracing) -> None:
+        served.append(tracing)
+
+    assert serve_until_signal(CommonSettings(_env_file=None), "workflow-canceller", serve) == 2
+    assert served == []
+    assert "OTEL_TRACES_EXPORTER" in capsys.readouterr().err
 
 
 async def test_spans_arrive_at_an_otlp_receiver(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,22 +90,12 @@ class Publisher:
             timestamp=confirmed_at,
         )
         channel = await self._channel.get_underlay_channel()
-        if self._tracing.on:  # a publish span; its context in the headers (the hop, not the start)
-            properties.headers = {}
-            with self._tracing.producing(
-                self._output.name, self._output_routing_key, event_id, properties.headers
-            ):
-                await self._basic_publish(channel, body, properties)
-            return
-        start = started()
-        if start is not None:  # tracing off here: the context that came in is passed on as is
-            properties.headers = dict[str, Any](start.headers())
-        await self._basic_publish(channel, body, properties)
-
-    async def _basic_publish(
-        self, channel: aiormq.abc.AbstractChannel, body: bytes, properties: aiormq.spec.Basic.Properties
-    ) -> None:
-        with refusals(self._output.name, self._output_routing_key):
+        headers: dict[str, Any] = {}  # the publish span's context (the hop), or what came in
+        with (
+            self._tracing.producing(self._output.name, self._output_routing_key, event_id, headers),
+            refusals(self._output.name, self._output_routing_key),
+        ):
+            properties.headers = headers or None
             await channel.basic_publish(
                 body,
                 exchange=self._output.name,
@@ -154,14 +144,11 @@ class Publisher:
         return copy_message(original, headers, drop)
 
     async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
-        if self._tracing.on:  # the copy's own publish span; its headers keep the starting context
-            with self._tracing.producing(exchange.name, key, message.message_id, {}):
-                await self._publish(exchange, message, key)
-        else:
-            await self._publish(exchange, message, key)
-
-    async def _publish(self, exchange: AbstractExchange, message: aio_pika.Message, key: str) -> None:
-        with refusals(exchange.name, key):
+        # The copy's own publish span, when on; its headers keep the starting context (`_copy`).
+        with (
+            self._tracing.producing(exchange.name, key, message.message_id, {}),
+            refusals(exchange.name, key),
+        ):
             await exchange.publish(message, key, mandatory=True, timeout=self._timeout_s)
 
 

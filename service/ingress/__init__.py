@@ -17,14 +17,12 @@ signature tolerance is remembered (per process) and a replay is answered 202 wit
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from prometheus_client import REGISTRY
 
-from ..cli import EXIT_OK, EXIT_USAGE, run_until_signal
+from ..cli import serve_until_signal
 from ..config import IngressSettings, WebhookSettings
-from ..observe.tracing import Tracing, TracingConfigError
 from . import signing
 from .http import Ingress, build_app, serve
 from .link import WEBHOOK_ID_HEADER, BrokerLink, Unavailable
@@ -63,10 +61,8 @@ def commands(command: Any) -> dict[str, Any]:
 
 def _run_ingress(_args: argparse.Namespace, settings: IngressSettings) -> int:
     """Serve until SIGTERM or SIGINT."""
-    try:
-        tracing = Tracing.from_env("workflow-canceller-ingress")
-    except TracingConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    run_until_signal(settings, lambda stop: serve(settings, REGISTRY, stop, tracing))
-    return EXIT_OK
+    return serve_until_signal(
+        settings,
+        "workflow-canceller-ingress",
+        lambda stop, tracing: serve(settings, REGISTRY, stop, tracing),
+    )

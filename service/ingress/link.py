@@ -17,7 +17,7 @@ from ..config import IngressSettings
 from ..core.events import InboundEvent
 from ..core.ports import PublishRefused
 from ..observe.logs import short
-from ..observe.tracing import Tracing, started
+from ..observe.tracing import Tracing
 from .cloudevents import STRUCTURED
 from .metrics import IngressMetrics
 
@@ -97,14 +97,9 @@ class BrokerLink:
         if exchange is None:
             raise Unavailable("not_connected", "not connected to the broker")
         headers: dict[str, str] = {WEBHOOK_ID_HEADER: webhook_id}
-        if self._tracing.on:
-            with self._tracing.producing(exchange.name, event.type, event.id, headers):
-                await self._publish(exchange, body, event, headers)
-            return
-        caller = started()  # tracing off here: the caller's context is passed on as is
-        if caller is not None:
-            headers.update(caller.headers())
-        await self._publish(exchange, body, event, headers)
+        # The publish span's context (when on), else the caller's as it came in.
+        with self._tracing.producing(exchange.name, event.type, event.id, headers):
+            await self._publish(exchange, body, event, headers)
 
     async def _publish(
         self, exchange: AbstractExchange, body: bytes, event: InboundEvent, headers: dict[str, str]

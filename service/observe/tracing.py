@@ -118,6 +118,16 @@ def started() -> Carried | None:
     return _START.get()
 
 
+@contextlib.contextmanager
+def _starting(start: Carried | None) -> Iterator[None]:
+    """`start` is the starting context of what this task handles, for the block."""
+    token = _START.set(start)
+    try:
+        yield
+    finally:
+        _START.reset(token)
+
+
 def note(name: str, attributes: Mapping[str, str | int | float]) -> None:
     """A span event on the current span, when it is recorded (nothing otherwise)."""
     span = trace.get_current_span()
@@ -195,11 +205,8 @@ class Tracing:
         `process` span, child of the starting context and linked to the producer's."""
         start, producer = of_message(body, headers)
         if not self.on:
-            token = _START.set(start)
-            try:
+            with _starting(start):
                 yield None
-            finally:
-                _START.reset(token)
             return
         attributes: dict[str, str | int] = {
             **MESSAGING,
@@ -218,14 +225,13 @@ class Tracing:
         if producer is not None and (start is None or producer.span_context != start.span_context):
             links.append(Link(producer.span_context))
         parent = start.context if start is not None else Context()  # no context: a new trace
-        with self.tracer.start_as_current_span(
-            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
-        ) as span:
-            token = _START.set(start or _carried(span.get_span_context()))
-            try:
-                yield span
-            finally:
-                _START.reset(token)
+        with (
+            self.tracer.start_as_current_span(
+                f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
+            ) as span,
+            _starting(start or _carried(span.get_span_context())),
+        ):
+            yield span
 
     @contextlib.contextmanager
     def serving(self, method: str, route: str, headers: Mapping[str, str]) -> Iterator[Span | None]:
@@ -235,26 +241,33 @@ class Tracing:
             headers.get("ce-traceparent"), headers.get("ce-tracestate")
         )
         if not self.on:
-            token = _START.set(incoming)
-            try:
+            with _starting(incoming):
                 yield None
-            finally:
-                _START.reset(token)
             return
         attributes = {"http.request.method": method, "http.route": route, "url.path": route}
-        with self.tracer.start_as_current_span(
-            f"{method} {route}",
-            context=incoming.context if incoming is not None else Context(),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-        ) as span:
+        with (
+            self.tracer.start_as_current_span(
+                f"{method} {route}",
+                context=incoming.context if incoming is not None else Context(),
+                kind=SpanKind.SERVER,
+                attributes=attributes,
+            ) as span,
+            _starting(incoming),
+        ):
             yield span
 
     @contextlib.contextmanager
     def producing(
         self, exchange: str, routing_key: str, message_id: str | None, headers: dict[str, Any]
     ) -> Iterator[None]:
-        """One confirmed publish: a `publish` span (when on), its context written into `headers`."""
+        """One confirmed publish: when on, a `publish` span whose context is written into `headers`;
+        when off, the starting context of the delivery (or request) being handled, passed on as is."""
+        if not self.on:
+            start = started()
+            if start is not None:
+                headers.update(start.headers())
+            yield
+            return
         attributes: dict[str, str] = {
             **MESSAGING,
             "messaging.operation.name": "publish",
