@@ -120,7 +120,7 @@ async def test_retry_later_parks_a_copy_counting_the_attempt_then_acks() -> None
 
 async def test_a_retry_longer_than_every_delay_queue_says_when_it_is_due() -> None:
     """A wait past the longest delay queue parks there with the time it is due."""
-    before = time.time() * 1000
+    before = int(time.time() * 1000)  # whole milliseconds, as the header carries them
     _, _, publisher = await settle(RetryLater(600.0, CARRY, "429"))
     [(kind, queue, headers, _drop)] = publisher.copies
     assert (kind, queue) == ("delay", "workflow-canceller.delay.30000ms")
